@@ -1,0 +1,40 @@
+"""Command line: `lifealign run CONFIG.yaml [--set key=value ...]`."""
+import argparse
+import sys
+
+from .config import ConfigError, load_config
+from .data import DataError
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="lifealign", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="train a method over a task order and evaluate after every task")
+    p_run.add_argument("config", help="YAML run config (see configs/)")
+    p_run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set pref.lr=1e-4 (repeatable)")
+    p_prep = sub.add_parser("prepare-model", help="dequantise and cache a model (smollm2-135m-instruct)")
+    p_prep.add_argument("name", nargs="?", default="smollm2-135m-instruct")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "run":
+            from .runner import format_summary, run
+
+            cfg = load_config(args.config, args.overrides)
+            results = run(cfg)
+            print(format_summary(results))
+            print(f"\nresults: {cfg.out}/results.json")
+        elif args.command == "prepare-model":
+            from .models import load_model
+
+            load_model(args.name)
+            print(f"{args.name}: ready")
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

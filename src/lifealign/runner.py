@@ -1,0 +1,380 @@
+"""The continual loop: for each task of the order, replay -> SFT -> preference -> SLMC -> save ->
+evaluate on every task's test pairs. Resumable: each finished task is one directory, moved into
+place atomically with its adapter, strategy state, optimizer and RNG state and its evaluation.
+
+    run_dir/
+      config.json            the resolved config of the run (a restart must match it)
+      base_eval.json         the untrained base model's row
+      tasks/01-<task>/       adapter/ (PEFT format), state.pt, eval.json, train.json
+      results.json           rebuilt after every task
+"""
+import hashlib
+import importlib.metadata
+import os
+import platform
+import random
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from . import data as data_mod
+from .config import ConfigError
+from .consolidation import lora_parameters
+from .evaluation import METRICS, evaluate_base, evaluate_policy
+from .io import read_json, replace_dir, torch_save, write_json
+from .losses import PREFERENCE_LOSSES
+from .metrics import summarize
+from .models import add_lora, cache_root, load_model, model_fingerprint, pick_precision
+from .reference import ReferenceCache
+from .strategies import build_strategy
+from .training import (ListDataset, StageTrainer, collate_pairs, collate_sft, encode_records,
+                       make_preference_loss, sft_loss, training_arguments)
+
+STAGES = ("sft", "pref")
+
+
+def _rank():
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _barrier():
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _versions():
+    out = {"python": platform.python_version()}
+    for pkg in ("lifealign", "torch", "transformers", "peft", "trl", "accelerate"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def adapter_digest(model):
+    h = hashlib.sha256()
+    for name, p in sorted(lora_parameters(model).items()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class ContinualLoop:
+    """Holds what the strategy hooks may look at: cfg, model, tokenizer, the task and stage."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.rank, self.world_size = _rank()
+        self.is_main = self.rank == 0
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.precision = pick_precision(self.device) if cfg.model.precision == "auto" else cfg.model.precision
+        self.strategy = build_strategy(cfg)
+        self.loss_fn = PREFERENCE_LOSSES[self.strategy.loss]
+        self.task_index = None
+        self.task = None
+        self.stage = None
+        self.optimizers = {}
+        self.timings = {}
+
+    # ---------------------------------------------------------------- set-up
+    def setup(self):
+        cfg = self.cfg
+        data_dir = Path(cfg.data.dir) if cfg.data.dir else data_mod.default_data_dir()
+        if data_dir is None:
+            raise data_mod.DataError(
+                "no data directory: set data.dir, or LIFEALIGN_DATA_DIR, to a folder in the release format "
+                "(see README), or run `make data`")
+        self.data_dir = data_dir
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self.order, self.dropped = data_mod.resolve_order(cfg.data.order, data_dir)
+        for w in caught:
+            print(f"warning: {w.message}")
+        if not self.order:
+            raise data_mod.DataError(f"no task of {cfg.data.order} has data in {data_dir}")
+        self.tasks = {name: data_mod.load_task(name, data_dir, cfg.data.n_train, cfg.data.n_test, cfg.seed,
+                                               cfg.data.on_invalid) for name in self.order}
+
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed)
+        model, tokenizer = load_model(cfg.model.name, device=self.device,
+                                      cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else None)
+        self.fingerprint = model_fingerprint(cfg.model.name, model)
+        torch.manual_seed(cfg.seed)  # identical LoRA initialisation on every rank and every restart
+        self.model = add_lora(model, cfg.model.lora_r, cfg.model.lora_alpha, cfg.model.lora_dropout,
+                              list(cfg.model.lora_targets))
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id
+        self.timings["model_load_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        for task in self.tasks.values():
+            encode_records(tokenizer, task.train, cfg.model.max_length, cfg.model.max_prompt_length)
+            encode_records(tokenizer, task.test, cfg.model.max_length, cfg.model.max_prompt_length)
+        self.timings["tokenize_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else cache_root()
+        self.ref_cache = ReferenceCache(cache_dir / "reference" / f"{self.fingerprint}-{self.precision}-"
+                                        f"{cfg.model.max_length}-{cfg.model.max_prompt_length}.pt")
+        every = [r for t in self.tasks.values() for r in t.train + t.test]
+        self.ref_cache.fill(self.model, every, self.pad_id, cfg.eval.batch_size, self.precision,
+                            progress=cfg.progress and self.is_main, write=self.is_main)
+        self.timings["reference_s"] = time.perf_counter() - t0
+        self.timings["reference_cache"] = {"hits": self.ref_cache.hits, "misses": self.ref_cache.misses}
+
+    # ---------------------------------------------------------------- run
+    def run(self):
+        self.setup()
+        self._check_config()
+        done = self._completed_tasks()
+        if done:
+            self._restore(done[-1])
+            print(f"resuming after task {len(done)}: {done[-1].name}")
+        base = self._base_eval()
+        for index, name in enumerate(self.order):
+            if index < len(done):
+                continue
+            self._train_task(index, name)
+            self.write_results(base)
+        results = self.write_results(base)
+        self._gather_digests(results)
+        return results
+
+    def _check_config(self):
+        path = self.out / "config.json"
+        config = self.cfg.to_dict()
+        if path.exists():
+            old = read_json(path)
+            keys = ("seed", "data", "model", "sft", "pref", "method")
+            changed = [k for k in keys if old.get(k) != config.get(k)]
+            if changed:
+                raise ConfigError(f"{self.out} holds a run with a different config ({', '.join(changed)}); "
+                                  "use another `out` or delete the folder")
+        elif self.is_main:
+            write_json(path, config)
+
+    def task_dir(self, index, name):
+        return self.out / "tasks" / f"{index + 1:02d}-{name}"
+
+    def _completed_tasks(self):
+        done = []
+        for index, name in enumerate(self.order):
+            path = self.task_dir(index, name)
+            if not path.exists():
+                break
+            done.append(path)
+        return done
+
+    def _base_eval(self):
+        path = self.out / "base_eval.json"
+        if path.exists():
+            return read_json(path)
+        base = {name: evaluate_base(task.test, self.cfg.method.beta) for name, task in self.tasks.items()}
+        if self.is_main:
+            write_json(path, base)
+        return base
+
+    # ---------------------------------------------------------------- one task
+    def _train_task(self, index, name):
+        cfg = self.cfg
+        self.task_index, self.task = index, name
+        task = self.tasks[name]
+        print(f"== task {index + 1}/{len(self.order)}: {name} ({self.strategy.name}, {len(task.train)} pairs)")
+        record = {"task": name, "stages": {}}
+        self.strategy.on_task_start(self, name)
+        stages = STAGES if cfg.method.sft else ("pref",)
+        for stage in stages:
+            record["stages"][stage] = self._train_stage(index, stage, task)
+        self.strategy.on_task_end(self, name)
+
+        t0 = time.perf_counter()
+        evals = {other: evaluate_policy(self.model, t.test, self.pad_id, cfg.method.beta, cfg.eval.batch_size,
+                                        self.precision, progress=cfg.progress and self.is_main,
+                                        desc=f"eval {other}")
+                 for other, t in self.tasks.items()}
+        record["eval_s"] = time.perf_counter() - t0
+        record["eval_tokens"] = sum(_pair_tokens(t.test) for t in self.tasks.values())
+        record["state_bytes"] = self.strategy.state_nbytes()
+        record["adapter_digest"] = adapter_digest(self.model)
+        if self.is_main:
+            self._save_task(index, name, evals, record)
+        _barrier()
+
+    def _train_stage(self, index, stage, task):
+        cfg = self.cfg
+        stage_cfg = getattr(cfg, stage)
+        self.stage = stage
+        records = self.strategy.training_records(self, stage, task.name, task.train)
+        if stage == "pref":
+            self.ref_cache.fill(self.model, records, self.pad_id, cfg.eval.batch_size, self.precision,
+                                write=self.is_main)
+        self.strategy.on_stage_start(self, stage)
+        self.model.train()
+        seed = cfg.seed * 1000 + index * 10 + STAGES.index(stage)
+        args = training_arguments(stage_cfg, self.out / "trainer", seed, self.precision,
+                                  cfg.progress and self.is_main, self.device)
+        if stage == "sft":
+            stage_loss = sft_loss
+            collate = lambda ex: collate_sft(ex, self.pad_id)  # noqa: E731
+        else:
+            stage_loss = make_preference_loss(self.loss_fn, cfg.method.beta,
+                                              **({"gamma": cfg.method.gamma} if self.strategy.loss == "fpo" else {}))
+            collate = lambda ex: collate_pairs(ex, self.pad_id)  # noqa: E731
+        trainer = StageTrainer(
+            model=self.model, args=args, train_dataset=ListDataset(records), data_collator=collate,
+            optimizers=(self._optimizer(stage, stage_cfg), None), stage_loss=stage_loss,
+            hooks=_StageHooks(self, stage),
+        )
+        t0 = time.perf_counter()
+        trainer.train()
+        train_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        reports = self.strategy.on_stage_end(self, stage)
+        consolidate_s = time.perf_counter() - t0
+        stats = trainer.stage_stats
+        summary = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]} if stats else {}
+        return {
+            "examples": len(records), "steps": trainer.state.global_step, "train_s": train_s,
+            "tokens": trainer.tokens_seen * self.world_size,
+            "tokens_per_s": trainer.tokens_seen * self.world_size / max(train_s, 1e-9),
+            "plugin_s": consolidate_s, "train_means": summary,
+            "plugins": {k: (v.get("summary", v) if isinstance(v, dict) else v) for k, v in reports.items()},
+        }
+
+    def _optimizer(self, stage, stage_cfg):
+        """One AdamW per stage kind for the whole run: its state carries over between tasks (spec
+        section 2); the LR schedule restarts with each trainer."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = self.optimizers.get(stage)
+        if opt is None or [id(p) for g in opt.param_groups for p in g["params"]] != [id(p) for p in params]:
+            opt = torch.optim.AdamW(params, lr=stage_cfg.lr, weight_decay=0.0)
+            self.optimizers[stage] = opt
+        return opt
+
+    # ---------------------------------------------------------------- save / restore
+    def _save_task(self, index, name, evals, record):
+        final = self.task_dir(index, name)
+        tmp = final.parent / f".tmp-{final.name}"
+        if tmp.exists():
+            import shutil
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        self.model.save_pretrained(tmp / "adapter")
+        torch_save({
+            "strategy": self.strategy.state_dict(),
+            "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
+        }, tmp / "state.pt")
+        write_json(tmp / "eval.json", evals)
+        write_json(tmp / "train.json", record)
+        replace_dir(tmp, final)
+
+    def _restore(self, task_dir):
+        from peft import set_peft_model_state_dict
+
+        weights = load_file(task_dir / "adapter" / "adapter_model.safetensors")
+        set_peft_model_state_dict(self.model, weights)
+        state = torch.load(task_dir / "state.pt", weights_only=False)
+        self.strategy.load_state_dict(state["strategy"])
+        for stage, opt_state in state["optimizers"].items():
+            self._optimizer(stage, getattr(self.cfg, stage)).load_state_dict(opt_state)
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+
+    # ---------------------------------------------------------------- results
+    def write_results(self, base):
+        rows = []
+        for index, name in enumerate(self.order):
+            path = self.task_dir(index, name)
+            if not path.exists():
+                break
+            rows.append((read_json(path / "eval.json"), read_json(path / "train.json")))
+        metrics = {}
+        for metric in METRICS:
+            matrix = [[ev[t][metric] for t in self.order] for ev, _ in rows]
+            base_row = [base[t][metric] for t in self.order]
+            k = len(matrix)
+            summary = summarize([r[:k] for r in matrix], base_row[:k]) if k else {}
+            metrics[metric] = {"base": base_row, "matrix": matrix, "summary": summary}
+        results = {
+            "name": self.cfg.name,
+            "config": self.cfg.to_dict(),
+            "method": self.strategy.describe(),
+            "order": self.order,
+            "dropped_tasks": self.dropped,
+            "complete": len(rows) == len(self.order),
+            "tasks_done": len(rows),
+            "data": {name: t.report for name, t in self.tasks.items()},
+            "model": {"name": self.cfg.model.name, "fingerprint": self.fingerprint, "precision": self.precision,
+                      "device": self.device},
+            "metrics": metrics,
+            "training": [tr for _, tr in rows],
+            "timings": self.timings,
+            "versions": _versions(),
+            "world_size": self.world_size,
+        }
+        if self.is_main:
+            write_json(self.out / "results.json", results)
+        return results
+
+    def _gather_digests(self, results):
+        digest = adapter_digest(self.model)
+        digests = [digest]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            digests = [None] * self.world_size
+            torch.distributed.all_gather_object(digests, digest)
+        results["final_adapter_digests"] = digests
+        if self.is_main:
+            write_json(self.out / "results.json", results)
+
+
+def _pair_tokens(records):
+    return sum(2 * len(r["ids"]["prompt"]) + len(r["ids"]["chosen"]) + len(r["ids"]["rejected"]) for r in records)
+
+
+class _StageHooks:
+    """Binds the strategy's per-step hooks to the loop and stage for the trainer."""
+
+    def __init__(self, loop, stage):
+        self.loop, self.stage = loop, stage
+
+    def extra_loss(self, model, batch, outputs):
+        return self.loop.strategy.extra_loss(self.loop, self.stage, model, batch, outputs)
+
+    def before_optimizer_step(self):
+        self.loop.strategy.before_optimizer_step(self.loop, self.stage, self.loop.model)
+
+
+def run(cfg):
+    return ContinualLoop(cfg).run()
+
+
+def format_summary(results):
+    lines = [f"run {results['name']}: method {results['method']['name']} "
+             f"({results['method']['loss']}, plugins: {', '.join(results['method']['plugins']) or 'none'}), "
+             f"model {results['model']['name']} [{results['model']['precision']}]",
+             f"order: {' -> '.join(results['order'])}"]
+    for d in results["dropped_tasks"]:
+        lines.append(f"dropped: {d['task']} ({d['reason']})")
+    short = {name: data_mod.TASKS[name].short for name in results["order"]}
+    for metric in ("reward_accuracy", "loglik_accuracy", "margin"):
+        m = results["metrics"][metric]
+        lines.append(f"\n{metric} (row = after task, column = evaluated task)")
+        lines.append(f"{'':>12}" + "".join(f"{short[t]:>11}" for t in results["order"]))
+        lines.append(f"{'base':>12}" + "".join(f"{v:11.2f}" for v in m["base"]))
+        for name, row in zip(results["order"], m["matrix"]):
+            lines.append(f"{short[name]:>12}" + "".join(f"{v:11.2f}" for v in row))
+        s = m["summary"]
+        lines.append("  " + "  ".join(f"{k} {v:.2f}" for k, v in s.items() if v is not None))
+    for tr in results["training"]:
+        parts = [f"{st} {v['train_s']:.0f}s {v['tokens_per_s']:.0f} tok/s" for st, v in tr["stages"].items()]
+        lines.append(f"{tr['task']}: " + ", ".join(parts) + f", eval {tr['eval_s']:.0f}s")
+    return "\n".join(lines)

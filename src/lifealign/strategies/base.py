@@ -1,0 +1,114 @@
+"""Continual-learning strategies as hooks around one training loop (Avalanche style).
+
+The loop (`lifealign.runner`) calls, for each task of the order:
+
+    on_task_start(loop, task)
+    for stage in ("sft", "pref"):
+        records = training_records(loop, stage, task, records)
+        on_stage_start(loop, stage)
+        ...training, where each step's loss gets `extra_loss(...)` added and
+           `before_optimizer_step(...)` runs between backward and the optimizer step...
+        report = on_stage_end(loop, stage)
+    on_task_end(loop, task)
+
+A method is a `Strategy`: a preference loss and a list of plugins that implement some of these
+hooks. A new method is a new file that registers a builder in `METHODS`.
+"""
+
+
+class Plugin:
+    """A piece of a continual-learning method. Every hook is optional."""
+
+    name = "plugin"
+
+    def on_task_start(self, loop, task):
+        pass
+
+    def training_records(self, loop, stage, task, records):
+        return records
+
+    def on_stage_start(self, loop, stage):
+        pass
+
+    def extra_loss(self, loop, stage, model, batch, outputs):
+        return None
+
+    def before_optimizer_step(self, loop, stage, model):
+        pass
+
+    def on_stage_end(self, loop, stage):
+        return None
+
+    def on_task_end(self, loop, task):
+        pass
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def state_nbytes(self):
+        return 0
+
+
+class Strategy:
+    """A named method: the preference loss ("dpo" or "fpo") and the plugins whose hooks it runs."""
+
+    def __init__(self, name, loss, plugins=()):
+        self.name = name
+        self.loss = loss
+        self.plugins = list(plugins)
+
+    def plugin(self, name):
+        return next((p for p in self.plugins if p.name == name), None)
+
+    def on_task_start(self, loop, task):
+        for p in self.plugins:
+            p.on_task_start(loop, task)
+
+    def training_records(self, loop, stage, task, records):
+        for p in self.plugins:
+            records = p.training_records(loop, stage, task, records)
+        return records
+
+    def on_stage_start(self, loop, stage):
+        for p in self.plugins:
+            p.on_stage_start(loop, stage)
+
+    def extra_loss(self, loop, stage, model, batch, outputs):
+        total = None
+        for p in self.plugins:
+            term = p.extra_loss(loop, stage, model, batch, outputs)
+            if term is not None:
+                total = term if total is None else total + term
+        return total
+
+    def before_optimizer_step(self, loop, stage, model):
+        for p in self.plugins:
+            p.before_optimizer_step(loop, stage, model)
+
+    def on_stage_end(self, loop, stage):
+        reports = {}
+        for p in self.plugins:
+            report = p.on_stage_end(loop, stage)
+            if report is not None:
+                reports[p.name] = report
+        return reports
+
+    def on_task_end(self, loop, task):
+        for p in self.plugins:
+            p.on_task_end(loop, task)
+
+    def state_dict(self):
+        return {p.name: p.state_dict() for p in self.plugins}
+
+    def load_state_dict(self, state):
+        for p in self.plugins:
+            p.load_state_dict(state.get(p.name, {}))
+
+    def state_nbytes(self):
+        return {p.name: p.state_nbytes() for p in self.plugins}
+
+    def describe(self):
+        return {"name": self.name, "loss": self.loss, "plugins": [p.name for p in self.plugins]}

@@ -1,0 +1,39 @@
+"""Experience replay (spec section 5): the ER baseline, and part of LifeAlign.
+
+Separate buffers for the SFT and the preference stage. When task t's training set has been built,
+the FIRST `fraction` of D_t's rows in file order join the buffer; the buffer keeps its oldest rows
+when over the cap. The whole buffer is replayed with every later task (the trainer shuffles).
+"""
+from .base import Plugin
+
+
+class Replay(Plugin):
+    name = "replay"
+
+    def __init__(self, fraction=0.2, cap=3000):
+        self.fraction = fraction
+        self.cap = cap
+        self.buffers = {"sft": [], "pref": []}
+
+    def training_records(self, loop, stage, task, records):
+        buffer = self.buffers.setdefault(stage, [])
+        training_set = list(records) + list(buffer)
+        new_rows = records[: int(len(records) * self.fraction)]
+        buffer.extend(new_rows[: max(self.cap - len(buffer), 0)])
+        return training_set
+
+    def state_dict(self):
+        return {"buffers": self.buffers}
+
+    def load_state_dict(self, state):
+        if state:
+            self.buffers = state["buffers"]
+
+    def state_nbytes(self):
+        # Token ids are what the buffer really holds; count them as int64 plus the text bytes.
+        total = 0
+        for buffer in self.buffers.values():
+            for rec in buffer:
+                total += sum(len(rec[k].encode()) for k in ("prompt", "chosen", "rejected"))
+                total += 8 * sum(len(v) for v in rec.get("ids", {}).values())
+        return total
