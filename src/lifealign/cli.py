@@ -1,5 +1,6 @@
 """Command line: `lifealign run CONFIG.yaml [--set key=value ...]`."""
 import argparse
+import os
 import sys
 
 from .config import ConfigError, load_config
@@ -23,8 +24,9 @@ def main(argv=None):
 
             cfg = load_config(args.config, args.overrides)
             results = run(cfg)
-            print(format_summary(results))
-            print(f"\nresults: {cfg.out}/results.json")
+            if int(os.environ.get("RANK", 0)) == 0:
+                print(format_summary(results))
+                print(f"\nresults: {cfg.out}/results.json")
         elif args.command == "prepare-model":
             from .models import load_model
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from . import data as data_mod
 from .config import ConfigError
@@ -227,6 +227,7 @@ class ContinualLoop:
             stage_loss = make_preference_loss(self.loss_fn, cfg.method.beta,
                                               **({"gamma": cfg.method.gamma} if self.strategy.loss == "fpo" else {}))
             collate = lambda ex: collate_pairs(ex, self.pad_id)  # noqa: E731
+        self.stage_records, self.stage_loss, self.collate = records, stage_loss, collate
         trainer = StageTrainer(
             model=self.model, args=args, train_dataset=ListDataset(records), data_collator=collate,
             optimizers=(self._optimizer(stage, stage_cfg), None), stage_loss=stage_loss,
@@ -245,7 +246,7 @@ class ContinualLoop:
             "tokens": trainer.tokens_seen * self.world_size,
             "tokens_per_s": trainer.tokens_seen * self.world_size / max(train_s, 1e-9),
             "plugin_s": consolidate_s, "train_means": summary,
-            "plugins": {k: (v.get("summary", v) if isinstance(v, dict) else v) for k, v in reports.items()},
+            "plugins": reports,
         }
 
     def _optimizer(self, stage, stage_cfg):
@@ -266,7 +267,10 @@ class ContinualLoop:
             import shutil
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        self.model.save_pretrained(tmp / "adapter")
+        self.model.save_pretrained(tmp / "adapter")  # PEFT format, for users and `lifealign eval`
+        # Every LoRA matrix by its exact name (all adapters, frozen ones too): what a restart loads.
+        save_file({n: p.detach().cpu().contiguous() for n, p in lora_parameters(self.model).items()},
+                  str(tmp / "lora.safetensors"))
         torch_save({
             "strategy": self.strategy.state_dict(),
             "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
@@ -277,12 +281,17 @@ class ContinualLoop:
         replace_dir(tmp, final)
 
     def _restore(self, task_dir):
-        from peft import set_peft_model_state_dict
-
-        weights = load_file(task_dir / "adapter" / "adapter_model.safetensors")
-        set_peft_model_state_dict(self.model, weights)
         state = torch.load(task_dir / "state.pt", weights_only=False)
+        # Strategy state first: a plugin may rebuild model structure (e.g. one adapter per task).
         self.strategy.load_state_dict(state["strategy"])
+        self.strategy.on_restore(self)
+        weights = load_file(task_dir / "lora.safetensors")
+        params = lora_parameters(self.model)
+        if set(weights) != set(params):
+            raise RuntimeError(f"{task_dir}/lora.safetensors does not match the model's LoRA matrices")
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value)
         for stage, opt_state in state["optimizers"].items():
             self._optimizer(stage, getattr(self.cfg, stage)).load_state_dict(opt_state)
         torch.set_rng_state(state["rng"]["torch"])

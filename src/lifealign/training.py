@@ -72,15 +72,19 @@ def collate_sequences(prompts, responses, pad_id):
     }
 
 
+PAIR_SCORES = ("ref", "old")
+
+
 def collate_pairs(examples, pad_id):
     """One batch of 2B sequences: the B chosen first, then the B rejected (TRL's layout)."""
     prompts = [e["ids"]["prompt"] for e in examples]
     batch = collate_sequences(prompts + prompts,
                               [e["ids"]["chosen"] for e in examples] + [e["ids"]["rejected"] for e in examples],
                               pad_id)
-    if "ref" in examples[0]:
-        batch["ref_chosen_logps"] = torch.tensor([e["ref"][0] for e in examples], dtype=torch.float32)
-        batch["ref_rejected_logps"] = torch.tensor([e["ref"][1] for e in examples], dtype=torch.float32)
+    for key in PAIR_SCORES:  # per-pair scores computed ahead: the base model's, a previous policy's
+        if key in examples[0]:
+            batch[f"{key}_chosen_logps"] = torch.tensor([e[key][0] for e in examples], dtype=torch.float32)
+            batch[f"{key}_rejected_logps"] = torch.tensor([e[key][1] for e in examples], dtype=torch.float32)
     return batch
 
 

@@ -11,6 +11,10 @@ The loop (`lifealign.runner`) calls, for each task of the order:
         report = on_stage_end(loop, stage)
     on_task_end(loop, task)
 
+Hooks see the loop (`lifealign.runner.ContinualLoop`): `loop.model` (the PEFT model), `loop.cfg`,
+`loop.task`, `loop.task_index`, `loop.stage`, and during a stage `loop.stage_records`,
+`loop.stage_loss(model, batch) -> (loss, outputs)` and `loop.collate(records) -> batch`.
+
 A method is a `Strategy`: a preference loss and a list of plugins that implement some of these
 hooks. A new method is a new file that registers a builder in `METHODS`.
 """
@@ -46,6 +50,10 @@ class Plugin:
         return {}
 
     def load_state_dict(self, state):
+        pass
+
+    def on_restore(self, loop):
+        """After load_state_dict on a restart, before the LoRA weights are loaded."""
         pass
 
     def state_nbytes(self):
@@ -106,6 +114,10 @@ class Strategy:
     def load_state_dict(self, state):
         for p in self.plugins:
             p.load_state_dict(state.get(p.name, {}))
+
+    def on_restore(self, loop):
+        for p in self.plugins:
+            p.on_restore(loop)
 
     def state_nbytes(self):
         return {p.name: p.state_nbytes() for p in self.plugins}

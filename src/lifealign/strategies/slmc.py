@@ -18,7 +18,7 @@ class SLMCPlugin(Plugin):
         if stage not in self.stages:
             return None
         per_matrix = self.slmc.end_stage(loop.model)
-        return {"summary": summarize_report(per_matrix), "per_matrix": per_matrix}
+        return {**summarize_report(per_matrix), "per_matrix": per_matrix}
 
     def state_dict(self):
         return self.slmc.state_dict()
