@@ -29,7 +29,7 @@ from .io import read_json, replace_dir, torch_save, write_json
 from .losses import PREFERENCE_LOSSES
 from .metrics import summarize
 from .models import add_lora, cache_root, load_model, model_fingerprint, pick_precision
-from .reference import ReferenceCache
+from .reference import ReferenceCache, autocast
 from .strategies import build_strategy
 from .training import (ListDataset, StageTrainer, collate_pairs, collate_sft, encode_records,
                        make_preference_loss, sft_loss, training_arguments)
@@ -133,19 +133,35 @@ class ContinualLoop:
     def run(self):
         self.setup()
         self._check_config()
+        self.units = self.training_units()
         done = self._completed_tasks()
         if done:
             self._restore(done[-1])
             print(f"resuming after task {len(done)}: {done[-1].name}")
         base = self._base_eval()
-        for index, name in enumerate(self.order):
+        for index, (name, records) in enumerate(self.units):
             if index < len(done):
                 continue
-            self._train_task(index, name)
+            self._train_task(index, name, records)
             self.write_results(base)
         results = self.write_results(base)
         self._gather_digests(results)
         return results
+
+    def training_units(self):
+        """What is trained in sequence: one unit per task, or, for a joint (multi-task) method, one
+        unit holding every task's pairs, shuffled together by the trainer (same pairs seen)."""
+        if getattr(self.strategy, "joint", False):
+            return [("joint", [r for name in self.order for r in self.tasks[name].train])]
+        return [(name, self.tasks[name].train) for name in self.order]
+
+    def autocast(self):
+        """The precision context of this run, for hooks that run forward passes of their own."""
+        return autocast(self.precision, self.device)
+
+    def reset_optimizers(self):
+        """Forget the optimizer state (e.g. for a fresh model per task)."""
+        self.optimizers.clear()
 
     def _check_config(self):
         path = self.out / "config.json"
@@ -165,7 +181,7 @@ class ContinualLoop:
 
     def _completed_tasks(self):
         done = []
-        for index, name in enumerate(self.order):
+        for index, (name, _) in enumerate(self.units):
             path = self.task_dir(index, name)
             if not path.exists():
                 break
@@ -182,16 +198,15 @@ class ContinualLoop:
         return base
 
     # ---------------------------------------------------------------- one task
-    def _train_task(self, index, name):
+    def _train_task(self, index, name, train_records):
         cfg = self.cfg
         self.task_index, self.task = index, name
-        task = self.tasks[name]
-        print(f"== task {index + 1}/{len(self.order)}: {name} ({self.strategy.name}, {len(task.train)} pairs)")
+        print(f"== task {index + 1}/{len(self.units)}: {name} ({self.strategy.name}, {len(train_records)} pairs)")
         record = {"task": name, "stages": {}}
         self.strategy.on_task_start(self, name)
         stages = STAGES if cfg.method.sft else ("pref",)
         for stage in stages:
-            record["stages"][stage] = self._train_stage(index, stage, task)
+            record["stages"][stage] = self._train_stage(index, stage, name, train_records)
         self.strategy.on_task_end(self, name)
 
         t0 = time.perf_counter()
@@ -207,11 +222,11 @@ class ContinualLoop:
             self._save_task(index, name, evals, record)
         _barrier()
 
-    def _train_stage(self, index, stage, task):
+    def _train_stage(self, index, stage, name, train_records):
         cfg = self.cfg
         stage_cfg = getattr(cfg, stage)
         self.stage = stage
-        records = self.strategy.training_records(self, stage, task.name, task.train)
+        records = self.strategy.training_records(self, stage, name, train_records)
         if stage == "pref":
             self.ref_cache.fill(self.model, records, self.pad_id, cfg.eval.batch_size, self.precision,
                                 write=self.is_main)
@@ -301,7 +316,7 @@ class ContinualLoop:
     # ---------------------------------------------------------------- results
     def write_results(self, base):
         rows = []
-        for index, name in enumerate(self.order):
+        for index, (name, _) in enumerate(self.units):
             path = self.task_dir(index, name)
             if not path.exists():
                 break
@@ -311,7 +326,10 @@ class ContinualLoop:
             matrix = [[ev[t][metric] for t in self.order] for ev, _ in rows]
             base_row = [base[t][metric] for t in self.order]
             k = len(matrix)
-            summary = summarize([r[:k] for r in matrix], base_row[:k]) if k else {}
+            if len(self.units) == 1 and len(self.order) > 1:  # joint training: one row, no sequence
+                summary = {"last": sum(matrix[0]) / len(matrix[0])} if matrix else {}
+            else:
+                summary = summarize([r[:k] for r in matrix], base_row[:k]) if k else {}
             metrics[metric] = {"base": base_row, "matrix": matrix, "summary": summary}
         results = {
             "name": self.cfg.name,
@@ -319,7 +337,8 @@ class ContinualLoop:
             "method": self.strategy.describe(),
             "order": self.order,
             "dropped_tasks": self.dropped,
-            "complete": len(rows) == len(self.order),
+            "rows": [name for name, _ in self.units][: len(rows)],
+            "complete": len(rows) == len(self.units),
             "tasks_done": len(rows),
             "data": {name: t.report for name, t in self.tasks.items()},
             "model": {"name": self.cfg.model.name, "fingerprint": self.fingerprint, "precision": self.precision,
@@ -379,11 +398,13 @@ def format_summary(results):
         lines.append(f"\n{metric} (row = after task, column = evaluated task)")
         lines.append(f"{'':>12}" + "".join(f"{short[t]:>11}" for t in results["order"]))
         lines.append(f"{'base':>12}" + "".join(f"{v:11.2f}" for v in m["base"]))
-        for name, row in zip(results["order"], m["matrix"]):
-            lines.append(f"{short[name]:>12}" + "".join(f"{v:11.2f}" for v in row))
+        for name, row in zip(results["rows"], m["matrix"]):
+            lines.append(f"{short.get(name, name):>12}" + "".join(f"{v:11.2f}" for v in row))
         s = m["summary"]
         lines.append("  " + "  ".join(f"{k} {v:.2f}" for k, v in s.items() if v is not None))
     for tr in results["training"]:
+        if not tr["stages"]:
+            continue
         parts = [f"{st} {v['train_s']:.0f}s {v['tokens_per_s']:.0f} tok/s" for st, v in tr["stages"].items()]
         lines.append(f"{tr['task']}: " + ", ".join(parts) + f", eval {tr['eval_s']:.0f}s")
     return "\n".join(lines)

@@ -33,4 +33,13 @@ def build_strategy(cfg):
     return strategy
 
 
-from . import methods  # noqa: E402,F401  (registers the built-in methods)
+def _register_all():
+    """Import every module of this package: each registers its methods (a new method = a new file)."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+_register_all()
