@@ -14,6 +14,10 @@ def main(argv=None):
     p_run.add_argument("config", help="YAML run config (see configs/)")
     p_run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set pref.lr=1e-4 (repeatable)")
+    p_eval = sub.add_parser("eval", help="(re)evaluate a run's saved adapters without retraining")
+    p_eval.add_argument("run_dir", help="a run folder (the `out` of `lifealign run`)")
+    p_eval.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override eval.* keys, e.g. --set eval.generation=true --set eval.judge=true")
     p_prep = sub.add_parser("prepare-model", help="dequantise and cache a model (smollm2-135m-instruct)")
     p_prep.add_argument("name", nargs="?", default="smollm2-135m-instruct")
     args = parser.parse_args(argv)
@@ -27,6 +31,12 @@ def main(argv=None):
             if int(os.environ.get("RANK", 0)) == 0:
                 print(format_summary(results))
                 print(f"\nresults: {cfg.out}/results.json")
+        elif args.command == "eval":
+            from .runner import format_summary, reevaluate
+
+            results = reevaluate(args.run_dir, args.overrides)
+            if int(os.environ.get("RANK", 0)) == 0:
+                print(format_summary(results))
         elif args.command == "prepare-model":
             from .models import load_model
 

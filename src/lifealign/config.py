@@ -59,11 +59,44 @@ class MethodConfig:
     replay_fraction: float = 0.2
     replay_cap: int = 3000
     sft: bool = True                      # run the SFT stage before the preference stage
+    # EWC (strategies/ewc.py): penalty weight, online decay of the accumulated Fisher, examples per Fisher
+    ewc_lambda: float = 1000.0
+    ewc_gamma: float = 1.0
+    ewc_fisher_samples: int = 64
+    # GEM / A-GEM (strategies/gem.py): memory per task and stage, GEM QP margin, A-GEM reference sample
+    gem_memory_size: int = 16
+    gem_margin: float = 0.5
+    agem_sample_size: int = 16
+    # CPPO (strategies/cppo.py): category threshold k (batch mean +- k*std), retention coefficient,
+    # the lower / upper per-sample weights (alpha, beta in {lb, 1, ub})
+    cppo_k: float = 1.0
+    cppo_retention: float = 0.1
+    cppo_lb: float = 0.5
+    cppo_ub: float = 2.0
+    # O-LoRA (strategies/olora.py): weight of sum |A_s A_t^T| and of ||new adapter||^2
+    olora_lambda_orth: float = 0.1
+    olora_lambda_l2: float = 0.0
+    # L2P (strategies/l2p.py): prompt pool size, tokens per prompt, prompts selected, key-loss weight
+    l2p_pool_size: int = 10
+    l2p_prompt_length: int = 5
+    l2p_top_k: int = 3
+    l2p_key_lambda: float = 0.5
 
 
 @dataclass
 class EvalConfig:
     batch_size: int = 16                  # pairs per forward pass
+    generation: bool = False              # BLEU-4 / ROUGE-L of generated responses (and the judge's input)
+    gen_prompts: int | None = 32          # test prompts per task that are generated for (None: all)
+    max_new_tokens: int = 128
+    gen_batch_size: int = 8
+    sampling: bool = False                # False: greedy; True: the paper's temperature / top-p sampling
+    temperature: float = 0.95
+    top_p: float = 0.7
+    judge: bool = False                   # score generations with an LLM judge (needs generation)
+    judge_base_url: str | None = None     # None: $LIFEALIGN_JUDGE_BASE_URL
+    judge_model: str | None = None        # None: $LIFEALIGN_JUDGE_MODEL
+    judge_api_key_env: str = "LIFEALIGN_JUDGE_API_KEY"  # the key itself never enters the config
 
 
 @dataclass

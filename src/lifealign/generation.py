@@ -206,6 +206,11 @@ def bleu4_char(prediction: str, reference: str) -> float:
     Method3 replaces the k-th zero n-gram precision by ``1 / (2**k * denominator)``;
     with no character in common NLTK returns 0.  An empty prediction (or
     reference) scores 0.0.
+
+    As in NLTK (and so in the paper's scoring), a prediction shorter than 4
+    characters has zero 4-gram (and 3-gram) matches, which method3 smooths:
+    even an exact copy of a 3-character reference scores
+    ``100 * (1/2) ** 0.25`` (84.09), of a 2-character one ``100 * (1/8) ** 0.25``.
     """
     from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 

@@ -204,7 +204,7 @@ def _false_answer_list(false_answers: str | Sequence[str] | None) -> list[str]:
     return [a.strip() for a in false_answers if a and a.strip()]
 
 
-def build_messages(task: str, prompt: str, response: str, reference: str,
+def build_messages(task: str, prompt: str, response: str, reference: str | None,
                    false_answers: str | Sequence[str] | None = None) -> list[dict]:
     """The chat messages for judging one response: system = the task rubric, user = the material.
 
@@ -216,9 +216,9 @@ def build_messages(task: str, prompt: str, response: str, reference: str,
     name = _task_name(task)
     parts = [
         "## Prompt (the full conversation; the response answers its last human message)",
-        prompt.strip() or "(empty)",
+        (prompt or "").strip() or "(empty)",
         "## Reference answer",
-        reference.strip() or "(none given)",
+        (reference or "").strip() or "(none given)",
     ]
     falses = _false_answer_list(false_answers)
     if name == "TruthfulQA" or falses:
@@ -226,7 +226,7 @@ def build_messages(task: str, prompt: str, response: str, reference: str,
                   "\n".join(f"- {a}" for a in falses) or "(none given)"]
     parts += [
         "## Response to evaluate",
-        response.strip() or "(empty response)",
+        (response or "").strip() or "(empty response)",
         "## Your evaluation",
         "Evaluate the response according to the rubric. End with the line `Score: N` "
         "(N an integer from 1 to 10).",

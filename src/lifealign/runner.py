@@ -8,6 +8,7 @@ place atomically with its adapter, strategy state, optimizer and RNG state and i
       tasks/01-<task>/       adapter/ (PEFT format), state.pt, eval.json, train.json
       results.json           rebuilt after every task
 """
+import contextlib
 import hashlib
 import importlib.metadata
 import os
@@ -22,16 +23,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import data as data_mod
-from .config import ConfigError
+from .config import ConfigError, _set_path, config_from_dict, parse_override
 from .consolidation import lora_parameters
 from .evaluation import METRICS, evaluate_base, evaluate_policy
+from .generation import decoding_description, generate_responses, generation_scores
+from .judge import Judge, JudgeConfig
 from .io import read_json, replace_dir, torch_save, write_json
 from .losses import PREFERENCE_LOSSES
 from .metrics import summarize
 from .models import add_lora, cache_root, load_model, model_fingerprint, pick_precision
 from .reference import ReferenceCache, autocast
 from .strategies import build_strategy
-from .training import (ListDataset, StageTrainer, collate_pairs, collate_sft, encode_records,
+from .training import (ListDataset, StageTrainer, clean_response, collate_pairs, collate_sft, encode_records,
                        make_preference_loss, sft_loss, training_arguments)
 
 STAGES = ("sft", "pref")
@@ -192,10 +195,67 @@ class ContinualLoop:
         path = self.out / "base_eval.json"
         if path.exists():
             return read_json(path)
-        base = {name: evaluate_base(task.test, self.cfg.method.beta) for name, task in self.tasks.items()}
+        evals, generations = self.evaluate_row(base=True)
         if self.is_main:
-            write_json(path, base)
-        return base
+            if generations:
+                write_json(self.out / "base_generations.json", generations)
+            write_json(path, evals)
+        return evals
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate_row(self, base=False, generations=None):
+        """Every task's test set scored by the current policy (or the untrained base model):
+        judge-free preference scores, and when enabled BLEU-4 / ROUGE-L of generated responses and
+        the LLM judge. Saved generations are reused instead of generating again."""
+        cfg, ev = self.cfg, self.cfg.eval
+        progress = cfg.progress and self.is_main
+        evals, generations = {}, dict(generations or {})
+        for name, task in self.tasks.items():
+            if base:
+                evals[name] = evaluate_base(task.test, cfg.method.beta)
+            else:
+                evals[name] = evaluate_policy(self.model, task.test, self.pad_id, cfg.method.beta, ev.batch_size,
+                                              self.precision, progress=progress, desc=f"eval {name}")
+        if ev.generation:
+            for name, task in self.tasks.items():
+                records = task.test[: ev.gen_prompts] if ev.gen_prompts else task.test
+                saved = generations.get(name)
+                if saved is None or saved.get("decoding") != self.decoding():
+                    adapter_off = self.model.disable_adapter() if base else contextlib.nullcontext()
+                    with adapter_off:
+                        responses = generate_responses(
+                            self.model, self.tokenizer, [r["prompt"] for r in records], ev.max_new_tokens,
+                            ev.gen_batch_size, ev.sampling, ev.temperature, ev.top_p, cfg.seed,
+                            cfg.model.max_prompt_length, self.precision, progress=progress)
+                    saved = {"decoding": self.decoding(), "responses": responses}
+                    generations[name] = saved
+                references = [clean_response(r["chosen"]) for r in records]
+                evals[name].update(generation_scores(saved["responses"], references))
+            if ev.judge:
+                self._judge(evals, generations)
+        return evals, generations
+
+    def decoding(self):
+        ev = self.cfg.eval
+        return decoding_description(ev.sampling, ev.temperature, ev.top_p, ev.max_new_tokens)
+
+    def _judge(self, evals, generations):
+        ev = self.cfg.eval
+        config = JudgeConfig.from_env(ev.judge_base_url, ev.judge_model, api_key_env=ev.judge_api_key_env)
+        if config is None:
+            raise ConfigError("eval.judge is on but no judge is configured: set eval.judge_base_url and "
+                              "eval.judge_model (or LIFEALIGN_JUDGE_BASE_URL / LIFEALIGN_JUDGE_MODEL)")
+        cache_dir = Path(self.cfg.cache_dir) if self.cfg.cache_dir else cache_root()
+        judge = Judge(config, cache_dir / "judge.sqlite")
+        for name, task in self.tasks.items():
+            responses = generations[name]["responses"]
+            items = [{"prompt": r["prompt"], "response": resp, "reference": clean_response(r["chosen"]),
+                      **({"false_answers": r["rejected"]} if name == "TruthfulQA" else {})}
+                     for r, resp in zip(task.test, responses)]
+            scored = judge.score_many(name, items, progress=self.cfg.progress and self.is_main)
+            evals[name]["judge"] = scored["score"]
+            evals[name]["judge_failures"] = scored["failures"]
+            evals[name]["judge_failure_reasons"] = scored["failure_reasons"]
 
     # ---------------------------------------------------------------- one task
     def _train_task(self, index, name, train_records):
@@ -210,16 +270,13 @@ class ContinualLoop:
         self.strategy.on_task_end(self, name)
 
         t0 = time.perf_counter()
-        evals = {other: evaluate_policy(self.model, t.test, self.pad_id, cfg.method.beta, cfg.eval.batch_size,
-                                        self.precision, progress=cfg.progress and self.is_main,
-                                        desc=f"eval {other}")
-                 for other, t in self.tasks.items()}
+        evals, generations = self.evaluate_row()
         record["eval_s"] = time.perf_counter() - t0
         record["eval_tokens"] = sum(_pair_tokens(t.test) for t in self.tasks.values())
         record["state_bytes"] = self.strategy.state_nbytes()
         record["adapter_digest"] = adapter_digest(self.model)
         if self.is_main:
-            self._save_task(index, name, evals, record)
+            self._save_task(index, name, evals, record, generations)
         _barrier()
 
     def _train_stage(self, index, stage, name, train_records):
@@ -275,7 +332,7 @@ class ContinualLoop:
         return opt
 
     # ---------------------------------------------------------------- save / restore
-    def _save_task(self, index, name, evals, record):
+    def _save_task(self, index, name, evals, record, generations):
         final = self.task_dir(index, name)
         tmp = final.parent / f".tmp-{final.name}"
         if tmp.exists():
@@ -292,6 +349,8 @@ class ContinualLoop:
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
         }, tmp / "state.pt")
         write_json(tmp / "eval.json", evals)
+        if generations:
+            write_json(tmp / "generations.json", generations)
         write_json(tmp / "train.json", record)
         replace_dir(tmp, final)
 
@@ -322,15 +381,24 @@ class ContinualLoop:
                 break
             rows.append((read_json(path / "eval.json"), read_json(path / "train.json")))
         metrics = {}
-        for metric in METRICS:
+        present = [m for m in ALL_METRICS if rows and all(m in rows[0][0][t] for t in self.order)]
+        for metric in present:
             matrix = [[ev[t][metric] for t in self.order] for ev, _ in rows]
-            base_row = [base[t][metric] for t in self.order]
+            base_row = [base[t].get(metric) for t in self.order]
             k = len(matrix)
             if len(self.units) == 1 and len(self.order) > 1:  # joint training: one row, no sequence
-                summary = {"last": sum(matrix[0]) / len(matrix[0])} if matrix else {}
+                summary = {"last": _mean_of(matrix[0])} if matrix else {}
             else:
                 summary = summarize([r[:k] for r in matrix], base_row[:k]) if k else {}
             metrics[metric] = {"base": base_row, "matrix": matrix, "summary": summary}
+            if metric == "judge":
+                # failures are counted per cell, never averaged away in silence
+                metrics[metric]["failures"] = [[ev[t].get("judge_failures", 0) for t in self.order] for ev, _ in rows]
+                metrics[metric]["base_failures"] = [base[t].get("judge_failures", 0) for t in self.order]
+        if all(m in metrics for m in ("bleu4", "rougel", "judge")):
+            # The paper's AVG: the mean of BLEU-4, ROUGE-L and the judge, per summary statistic.
+            parts = [metrics[m]["summary"] for m in ("bleu4", "rougel", "judge")]
+            metrics["avg"] = {"summary": {k: _mean_of([p.get(k) for p in parts]) for k in parts[0]}}
         results = {
             "name": self.cfg.name,
             "config": self.cfg.to_dict(),
@@ -344,6 +412,7 @@ class ContinualLoop:
             "model": {"name": self.cfg.model.name, "fingerprint": self.fingerprint, "precision": self.precision,
                       "device": self.device},
             "metrics": metrics,
+            "decoding": self.decoding() if self.cfg.eval.generation else None,
             "training": [tr for _, tr in rows],
             "timings": self.timings,
             "versions": _versions(),
@@ -362,6 +431,14 @@ class ContinualLoop:
         results["final_adapter_digests"] = digests
         if self.is_main:
             write_json(self.out / "results.json", results)
+
+
+ALL_METRICS = METRICS + ("bleu4", "rougel", "judge")
+
+
+def _mean_of(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
 
 
 def _pair_tokens(records):
@@ -385,6 +462,46 @@ def run(cfg):
     return ContinualLoop(cfg).run()
 
 
+def reevaluate(run_dir, overrides=()):
+    """(Re)evaluate the saved adapters of a run without retraining, e.g. to add generation metrics
+    or the judge later. Only `eval.*` (and `progress`) may be overridden; saved generations with
+    the same decoding settings are reused, and the judge's cache makes a rerun free."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise ConfigError(f"{run_dir} is not a run folder (no config.json)")
+    values = read_json(run_dir / "config.json")
+    values["out"] = str(run_dir)
+    for item in overrides:
+        key, value = parse_override(item)
+        if not (key.startswith("eval.") or key in ("progress", "cache_dir")):
+            raise ConfigError(f"lifealign eval may only change eval.*, progress and cache_dir, not {key}")
+        _set_path(values, key, value)
+    cfg = config_from_dict(values)
+    loop = ContinualLoop(cfg)
+    loop.setup()
+    loop.units = loop.training_units()
+    done = loop._completed_tasks()
+    base_generations = _read_optional(run_dir / "base_generations.json")
+    base, base_generations = loop.evaluate_row(base=True, generations=base_generations)
+    if loop.is_main:
+        write_json(run_dir / "base_eval.json", base)
+        if base_generations:
+            write_json(run_dir / "base_generations.json", base_generations)
+    for task_dir in done:
+        loop._restore(task_dir)
+        evals, generations = loop.evaluate_row(generations=_read_optional(task_dir / "generations.json"))
+        if loop.is_main:
+            write_json(task_dir / "eval.json", evals)
+            if generations:
+                write_json(task_dir / "generations.json", generations)
+        print(f"evaluated {task_dir.name}")
+    return loop.write_results(base)
+
+
+def _read_optional(path):
+    return read_json(path) if Path(path).exists() else None
+
+
 def format_summary(results):
     lines = [f"run {results['name']}: method {results['method']['name']} "
              f"({results['method']['loss']}, plugins: {', '.join(results['method']['plugins']) or 'none'}), "
@@ -393,15 +510,26 @@ def format_summary(results):
     for d in results["dropped_tasks"]:
         lines.append(f"dropped: {d['task']} ({d['reason']})")
     short = {name: data_mod.TASKS[name].short for name in results["order"]}
-    for metric in ("reward_accuracy", "loglik_accuracy", "margin"):
+    fmt = lambda v: f"{v:11.2f}" if v is not None else f"{'-':>11}"  # noqa: E731
+    shown = [m for m in ("reward_accuracy", "loglik_accuracy", "margin", "bleu4", "rougel", "judge")
+             if m in results["metrics"]]
+    for metric in shown:
         m = results["metrics"][metric]
         lines.append(f"\n{metric} (row = after task, column = evaluated task)")
         lines.append(f"{'':>12}" + "".join(f"{short[t]:>11}" for t in results["order"]))
-        lines.append(f"{'base':>12}" + "".join(f"{v:11.2f}" for v in m["base"]))
+        lines.append(f"{'base':>12}" + "".join(fmt(v) for v in m["base"]))
         for name, row in zip(results["rows"], m["matrix"]):
-            lines.append(f"{short.get(name, name):>12}" + "".join(f"{v:11.2f}" for v in row))
+            lines.append(f"{short.get(name, name):>12}" + "".join(fmt(v) for v in row))
+        if "failures" in m and (any(any(r) for r in m["failures"]) or any(m["base_failures"])):
+            lines.append(f"  judge failures per cell: base {m['base_failures']}, rows {m['failures']}")
         s = m["summary"]
         lines.append("  " + "  ".join(f"{k} {v:.2f}" for k, v in s.items() if v is not None))
+    if "avg" in results["metrics"]:
+        s = results["metrics"]["avg"]["summary"]
+        lines.append("\nAVG (mean of BLEU-4, ROUGE-L, judge): "
+                     + "  ".join(f"{k} {v:.2f}" for k, v in s.items() if v is not None))
+    if results.get("decoding"):
+        lines.append(f"decoding: {results['decoding']}")
     for tr in results["training"]:
         if not tr["stages"]:
             continue

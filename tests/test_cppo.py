@@ -1,0 +1,203 @@
+"""CPPO (strategies/cppo.py): category weights, batch-of-one fallback, the retention term, pi_old
+refresh per task, and one end-to-end run through the CLI."""
+import warnings
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lifealign.config import Config
+from lifealign.losses import dpo_loss
+from lifealign.strategies import build_strategy
+from lifealign.strategies.cppo import (CATEGORIES, HIGH_PERFORMANCE, HIGH_VARIANCE, NOISY, NORMAL, OVERFITTING,
+                                       CPPOPlugin, cppo_categories, cppo_weights)
+from lifealign.training import collate_pairs
+
+from test_run import run_cli
+
+# Five samples, one per category. Margins and length-normalised log-probs: the outer four sit
+# beyond mean +- 1 std on both axes (mean 0, population std sqrt(4*9/5) ~ 2.68 < 3), the last at the mean.
+REWARD = torch.tensor([3.0, -3.0, 3.0, -3.0, 0.0])
+LOGP = torch.tensor([3.0, 3.0, -3.0, -3.0, 0.0])
+EXPECTED = [HIGH_PERFORMANCE, OVERFITTING, HIGH_VARIANCE, NOISY, NORMAL]
+
+
+def test_categories_and_weights_take_the_documented_values():
+    assert cppo_categories(REWARD, LOGP).tolist() == EXPECTED
+    alpha, beta, cat = cppo_weights(REWARD, LOGP, k=1.0, lb=0.5, ub=2.0)
+    assert cat.tolist() == EXPECTED
+    #                     high-perf  overfit  high-var  noisy  normal
+    assert alpha.tolist() == [2.0,      1.0,     2.0,      0.5,   1.0]
+    assert beta.tolist() == [2.0,       0.5,     1.0,      0.5,   1.0]
+    # shifted and scaled inputs give the same categories (only mean +- k std matters)
+    assert cppo_categories(10 + 0.1 * REWARD, -50 + 7 * LOGP).tolist() == EXPECTED
+    # a large k makes everything normal; equal values (std 0) are normal too, never NaN
+    assert cppo_categories(REWARD, LOGP, k=5.0).tolist() == [NORMAL] * 5
+    assert cppo_categories(torch.ones(4), torch.ones(4)).tolist() == [NORMAL] * 4
+    # only one axis beyond its band -> normal
+    assert cppo_categories(torch.tensor([3.0, -3.0, 0, 0, 0]), torch.tensor([0.0, 0, 3, -3, 0])).tolist() == [NORMAL] * 5
+    assert len(CATEGORIES) == 5
+
+
+def _flat(pairs):
+    return [v for pair in pairs for v in pair]
+
+
+def _batch(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    recs = []
+    for i in range(n):
+        c, r = torch.randint(3, 9, (2,), generator=g).tolist()
+        recs.append({"ids": {"prompt": [1, 2, 3], "chosen": list(range(4, 4 + c)), "rejected": list(range(4, 4 + r))},
+                     "ref": (-float(c), -float(r)), "old": (-float(c) - 1, -float(r) + 0.5)})
+    return collate_pairs(recs, pad_id=0)
+
+
+def _outputs(batch, chosen, rejected, beta=0.1):
+    per_pair = dpo_loss(chosen, rejected, batch["ref_chosen_logps"], batch["ref_rejected_logps"], beta=beta)
+    margin = beta * ((chosen - batch["ref_chosen_logps"]) - (rejected - batch["ref_rejected_logps"]))
+    return {"chosen_logps": chosen, "rejected_logps": rejected, "per_pair_loss": per_pair, "margin": margin}
+
+
+def test_extra_loss_is_weighted_loss_plus_retention():
+    plugin = CPPOPlugin(k=1.0, retention=0.1)
+    plugin.on_stage_start(SimpleNamespace(), "sft")  # resets stats; no scoring outside "pref"
+    batch = _batch(6)
+    chosen = torch.randn(6, generator=torch.Generator().manual_seed(1)) - 5
+    rejected = torch.randn(6, generator=torch.Generator().manual_seed(2)) - 5
+    out = _outputs(batch, chosen, rejected)
+    extra = plugin.extra_loss(None, "pref", None, batch, out)
+    lengths = batch["response_mask"][:, 1:].sum(-1).chunk(2)[0]
+    alpha, beta, _ = cppo_weights(out["margin"], chosen / lengths)
+    retention = 0.1 * ((chosen - batch["old_chosen_logps"]) ** 2 + (rejected - batch["old_rejected_logps"]) ** 2)
+    total = out["per_pair_loss"].mean() + extra
+    assert torch.allclose(total, (alpha * out["per_pair_loss"]).mean() + (beta * retention).mean())
+    assert plugin.extra_loss(None, "sft", None, batch, {"logps": chosen}) is None  # plain SFT
+
+
+def test_retention_zero_when_policy_equals_old_and_formula_otherwise():
+    plugin = CPPOPlugin(retention=0.1)
+    batch = _batch(4)
+    # uniform reference and old scores: every pair has the same margin and log-prob, so all are
+    # "normal" (alpha = beta = 1) and the extra term is the retention term alone
+    flat = dict(batch, ref_chosen_logps=torch.full((4,), -5.0), ref_rejected_logps=torch.full((4,), -6.0),
+                old_chosen_logps=torch.full((4,), -5.0), old_rejected_logps=torch.full((4,), -6.0),
+                response_mask=torch.ones_like(batch["response_mask"]))
+    same = _outputs(flat, torch.full((4,), -5.0), torch.full((4,), -6.0))
+    assert plugin.extra_loss(None, "pref", None, flat, same).item() == 0.0
+    # chosen moved by 2, rejected by 1 on every pair: retention = 0.1 * (2^2 + 1^2)
+    moved = _outputs(flat, torch.full((4,), -3.0), torch.full((4,), -7.0))
+    assert plugin.extra_loss(None, "pref", None, flat, moved).item() == pytest.approx(0.5)
+    # policy == old on a varied batch: the retention part is zero, what is left is mean((alpha-1) L)
+    out = _outputs(batch, batch["old_chosen_logps"].clone(), batch["old_rejected_logps"].clone())
+    lengths = batch["response_mask"][:, 1:].sum(-1).chunk(2)[0]
+    alpha, _, _ = cppo_weights(out["margin"], out["chosen_logps"] / lengths)
+    extra = plugin.extra_loss(None, "pref", None, batch, out)
+    assert torch.allclose(extra, ((alpha - 1) * out["per_pair_loss"]).mean())
+    plugin_no_alpha = CPPOPlugin(retention=0.1, lb=1.0, ub=1.0)  # weights all 1: only retention left
+    assert plugin_no_alpha.extra_loss(None, "pref", None, batch, out).item() == 0.0
+
+
+def test_batch_of_one_falls_back_to_weight_one_with_a_warning():
+    alpha, beta, cat = cppo_weights(torch.tensor([0.7]), torch.tensor([-2.0]))
+    assert alpha.tolist() == [1.0] and beta.tolist() == [1.0] and cat is None
+    plugin = CPPOPlugin()
+    plugin.on_stage_start(SimpleNamespace(), "sft")
+    batch = _batch(1)
+    chosen = torch.tensor([-4.0], requires_grad=True)
+    out = _outputs(batch, chosen, torch.tensor([-6.0]))
+    with pytest.warns(UserWarning, match="batch of one"):
+        extra = plugin.extra_loss(None, "pref", None, batch, out)
+    retention = 0.1 * ((-4.0 - batch["old_chosen_logps"]) ** 2 + (-6.0 - batch["old_rejected_logps"]) ** 2)
+    assert torch.isfinite(extra) and extra.item() == pytest.approx(retention.item())
+    extra.backward()
+    assert torch.isfinite(chosen.grad).all()
+    with warnings.catch_warnings():  # once per stage
+        warnings.simplefilter("error")
+        plugin.extra_loss(None, "pref", None, batch, out)
+
+
+def test_registered_with_knobs_and_generic_switches():
+    cfg = Config()
+    cfg.method.name = "cppo"
+    s = build_strategy(cfg)
+    assert s.describe() == {"name": "cppo", "loss": "dpo", "plugins": ["cppo"]}
+    cfg.method.replay, cfg.method.loss, cfg.method.cppo_k = True, "fpo", 0.5
+    s = build_strategy(cfg)
+    assert s.describe() == {"name": "cppo", "loss": "fpo", "plugins": ["replay", "cppo"]}
+    assert s.plugin("cppo").k == 0.5
+
+
+@pytest.fixture(scope="module")
+def cppo_run(fake_release, tmp_path_factory):
+    """An end-to-end CPPO run that records each task's pi_old scores of the first training pair."""
+    import lifealign.strategies.cppo as mod
+
+    seen = []
+    original = mod.CPPOPlugin.on_stage_start
+
+    def spy(self, loop, stage):
+        original(self, loop, stage)
+        if stage == "pref":
+            first = loop.tasks[loop.order[0]].train[0]
+            seen.append({"task": loop.task, "old": [r["old"] for r in loop.stage_records],
+                         "first_task_pair": first.get("old"), "ref": [r["ref"] for r in loop.stage_records]})
+
+    mod.CPPOPlugin.on_stage_start = spy
+    try:
+        tmp = tmp_path_factory.mktemp("cppo")
+        results = run_cli(fake_release, tmp / "out", tmp / "cache", ["method.name=cppo", "method.replay=true"])
+    finally:
+        mod.CPPOPlugin.on_stage_start = original
+    return results, seen
+
+
+def test_end_to_end_and_pi_old_refreshed_each_task(cppo_run):
+    results, seen = cppo_run
+    assert results["complete"] and results["method"] == {"name": "cppo", "loss": "dpo", "plugins": ["replay", "cppo"]}
+    assert [s["task"] for s in seen] == results["order"]
+    # task 1: pi_old is the initial policy = the base model (LoRA B = 0), so old == ref
+    assert _flat(seen[0]["old"]) == pytest.approx(_flat(seen[0]["ref"]), abs=1e-4)
+    # later tasks: pi_old is the previous task's policy, so it moved away from the base model
+    assert _flat(seen[1]["old"]) != pytest.approx(_flat(seen[1]["ref"]), abs=1e-3)
+    # the replayed pair of task 1 was rescored by each later task with a different pi_old
+    assert seen[1]["first_task_pair"] != pytest.approx(seen[2]["first_task_pair"], abs=1e-4)
+    for i, tr in enumerate(results["training"]):
+        report = tr["stages"]["pref"]["plugins"]["cppo"]
+        epochs = results["config"]["pref"]["epochs"]
+        assert sum(report["categories"].values()) == epochs * tr["stages"]["pref"]["examples"]
+        assert report["mean_retention"] >= 0
+        assert "cppo" not in tr["stages"]["sft"]["plugins"]  # plain SFT
+    for metric in results["metrics"].values():
+        assert all(v == v for row in metric["matrix"] for v in row)  # no NaN
+
+
+def test_pi_old_is_the_previous_task_end_not_after_sft(fake_release, tmp_path):
+    """A direct hook call: pi_old scored at the preference stage start uses the snapshot taken at
+    task start, even if the model moved in between (as the SFT stage does)."""
+    from lifealign.runner import ContinualLoop
+    from lifealign.config import load_config
+    from test_run import TINY_ARGS
+
+    cfg = load_config(None, TINY_ARGS + [f"data.dir={fake_release}", f"out={tmp_path / 'o'}",
+                                         f"cache_dir={tmp_path / 'c'}", "data.order=[safe-rlhf]",
+                                         "method.name=cppo"])
+    loop = ContinualLoop(cfg)
+    loop.setup()
+    plugin = loop.strategy.plugin("cppo")
+    records = loop.tasks["safe-rlhf"].train[:4]
+    loop.ref_cache.fill(loop.model, records, loop.pad_id, 4, "fp32")
+    loop.stage_records = records
+    plugin.on_task_start(loop, "safe-rlhf")
+    lora_b = [p for n, p in loop.model.named_parameters() if "lora_B" in n]
+    with torch.no_grad():
+        for p in lora_b:
+            p.add_(0.05)  # "the SFT stage moved the policy"
+    moved = [p.detach().clone() for p in lora_b]
+    plugin.on_stage_start(loop, "pref")
+    assert _flat(r["old"] for r in records) == pytest.approx(_flat(r["ref"] for r in records), abs=1e-4)
+    assert all(torch.equal(p, m) for p, m in zip(lora_b, moved))  # current weights put back
+    # the next task: snapshot of the moved policy -> pi_old changes
+    plugin.on_task_start(loop, "next")
+    plugin.on_stage_start(loop, "pref")
+    assert _flat(r["old"] for r in records) != pytest.approx(_flat(r["ref"] for r in records), abs=1e-3)
