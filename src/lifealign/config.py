@@ -106,6 +106,7 @@ class Config:
     seed: int = 0
     cache_dir: str | None = None          # None: $LIFEALIGN_CACHE or ~/.cache/lifealign
     progress: bool = True
+    group_by_length: bool = True          # length-grouped training batches (less padding)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sft: StageConfig = field(default_factory=lambda: StageConfig(epochs=1.0, lr=2e-4))

@@ -35,6 +35,7 @@ from .models import add_lora, cache_root, load_model, model_fingerprint, pick_pr
 from .reference import ReferenceCache, autocast
 from .strategies import build_strategy
 from .training import (ListDataset, StageTrainer, clean_response, collate_pairs, collate_sft, encode_records,
+                       example_lengths,
                        make_preference_loss, sft_loss, training_arguments)
 
 STAGES = ("sft", "pref")
@@ -303,7 +304,7 @@ class ContinualLoop:
         trainer = StageTrainer(
             model=self.model, args=args, train_dataset=ListDataset(records), data_collator=collate,
             optimizers=(self._optimizer(stage, stage_cfg), None), stage_loss=stage_loss,
-            hooks=_StageHooks(self, stage),
+            hooks=_StageHooks(self, stage), lengths=example_lengths(records, stage) if cfg.group_by_length else None,
         )
         t0 = time.perf_counter()
         trainer.train()

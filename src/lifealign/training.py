@@ -16,6 +16,7 @@ import re
 import torch
 from torch.utils.data import Dataset
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 _ROLE_PREFIX = re.compile(r"^\s*Assistant:\s*")
 
@@ -93,13 +94,29 @@ def collate_sft(examples, pad_id):
 
 
 def sequence_logps(model, batch):
-    """Summed log-probabilities of the response tokens of each sequence, and their counts."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    logits = logits[:, :-1].float()
-    targets = batch["input_ids"][:, 1:]
-    mask = batch["response_mask"][:, 1:].to(logits.dtype)
+    """Summed log-probabilities of the response tokens of each sequence, and their counts.
+
+    Logits are computed only from the earliest response position on (`logits_to_keep`): the
+    vocabulary projection and the log-softmax over it are the largest part of the cost, and prompt
+    positions need neither.
+    """
+    input_ids, response_mask = batch["input_ids"], batch["response_mask"]
+    first = int(response_mask.int().argmax(dim=1).min())  # prompts are never empty: first >= 1
+    keep = input_ids.shape[1] - first + 1
+    logits = model(input_ids=input_ids, attention_mask=batch["attention_mask"], use_cache=False,
+                   logits_to_keep=keep).logits
+    logits = logits[:, -keep:-1].float()  # position t predicts token t + 1
+    targets = input_ids[:, first:]
+    mask = response_mask[:, first:].to(logits.dtype)
     token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
     return (token_logps * mask).sum(-1), mask.sum(-1)
+
+
+def example_lengths(records, stage):
+    """Token length of each training example (the longer sequence of a pair), for length grouping."""
+    if stage == "sft":
+        return [len(r["ids"]["prompt"]) + len(r["ids"]["chosen"]) for r in records]
+    return [len(r["ids"]["prompt"]) + max(len(r["ids"]["chosen"]), len(r["ids"]["rejected"])) for r in records]
 
 
 class ListDataset(Dataset):
@@ -127,8 +144,9 @@ class StageTrainer(Trainer):
     `hooks` is the strategy: `extra_loss(model, batch, outputs)` and `before_optimizer_step()`.
     """
 
-    def __init__(self, *args, stage_loss, hooks, **kwargs):
+    def __init__(self, *args, stage_loss, hooks, lengths=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.lengths = lengths
         self.stage_loss = stage_loss
         self.hooks = hooks
         self.loss_is_scaled_for_ga = False  # our loss is a batch mean: let Trainer divide by accumulation
@@ -149,6 +167,14 @@ class StageTrainer(Trainer):
 
     def _remove_unused_columns(self, dataset, description=None):
         return dataset
+
+    def _get_train_sampler(self, train_dataset=None):
+        """Batches of similar length (less padding), still shuffled, seeded for exact resumes."""
+        if self.lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        generator = torch.Generator().manual_seed(self.args.seed)
+        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                    lengths=self.lengths, generator=generator)
 
 
 def sft_loss(model, batch):
