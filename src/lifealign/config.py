@@ -60,7 +60,7 @@ class MethodConfig:
     replay_cap: int = 3000
     sft: bool = True                      # run the SFT stage before the preference stage
     # EWC (strategies/ewc.py): penalty weight, online decay of the accumulated Fisher, examples per Fisher
-    ewc_lambda: float = 1000.0
+    ewc_lambda: float = 1e4
     ewc_gamma: float = 1.0
     ewc_fisher_samples: int = 64
     # GEM / A-GEM (strategies/gem.py): memory per task and stage, GEM QP margin, A-GEM reference sample

@@ -1,0 +1,250 @@
+"""GEM and A-GEM baselines (spec section 8): episodic gradient memories, projection before the step.
+
+Methods.
+- GEM: Lopez-Paz & Ranzato 2017, "Gradient Episodic Memory for Continual Learning" (NeurIPS).
+  Keep an episodic memory per earlier task. At every optimizer step compute one gradient per earlier
+  task on its memory, G = (g_1 .. g_{t-1}) (rows), and if the current gradient g conflicts with any
+  of them (G g < 0 somewhere), replace g by the closest g~ (in L2) with G g~ >= 0, found through the
+  dual QP of the paper:  min_v  1/2 v^T G G^T v + g^T G^T v   s.t. v >= margin,   g~ = G^T v + g.
+- A-GEM: Chaudhry et al. 2019, "Efficient Lifelong Learning with A-GEM" (ICLR). One reference
+  gradient g_ref on a random sample of all memories together; if g . g_ref < 0,
+  g~ = g - (g . g_ref / g_ref . g_ref) g_ref (closed form), else g is kept.
+
+Our choices.
+- Memory: the FIRST `method.gem_memory_size` (default 16) training records of each task in file
+  order (the convention of our replay buffer; with `data.n_train` these are the first of the run's
+  subsample, which keeps file order; replayed rows never enter a memory), one memory per task AND
+  stage kind: while training the SFT stage the constraints are the SFT loss (mean response-token
+  NLL) on the earlier tasks' SFT memories, while training the preference stage the DPO/FPO loss
+  (the run's `loop.stage_loss`) on their preference memories (pairs with their base-model reference
+  log-probs). A task's memory joins
+  when its stage has finished, so task t is constrained by tasks 1..t-1 only (as in the paper).
+- When: `before_optimizer_step`, i.e. after backward, after the gradient has been synced across
+  ranks and clipped to `max_grad_norm`, and BEFORE `optimizer.step()`; the projected gradient is
+  written back into `.grad` in place, so the optimizer (AdamW here) applies it. The current
+  gradient is saved, `.grad` is cleared, the memory losses are back-propagated (forward passes
+  under `loop.autocast()`, chunks of the stage batch size, each chunk weighted by its share of the
+  memory, so a chunked memory gradient is the gradient of the memory's mean of chunk losses; for
+  SFT that weights chunks by examples rather than by tokens, which is exact when the memory fits
+  in one chunk), read, and the saved gradient is restored: the step's own gradient is never
+  disturbed. The memory forward passes go through the unwrapped model, so under DDP they do not
+  trigger gradient all-reduces; every rank holds the same memories and draws the same A-GEM sample
+  (seeded by seed, task, stage and step), so every rank computes the same projection.
+- The projection acts on the concatenation of all trainable parameters (the LoRA matrices), in
+  fp32 (the QP in float64). The projected gradient may exceed the clip norm for GEM (A-GEM's
+  projection can only shrink it); it is not re-clipped, as in the papers.
+- GEM's QP is solved with `quadprog` (Goldfarb-Idnani), exactly as the authors' GEM code does:
+  P = G G^T + ridge, q = -G g, constraint v >= margin (`method.gem_margin`, default 0.5 as in the
+  GEM paper's experiments: a small bias towards positive backward transfer; 0 gives the plain
+  projection). The ridge is tiny and scale-free, 1e-8 * mean(diag G G^T), only to make P strictly
+  positive definite when memory gradients are (nearly) collinear (the authors used an absolute 1e-3,
+  which on LoRA-sized gradients would swamp G G^T).
+- A-GEM samples `method.agem_sample_size` (default 16) records uniformly without replacement from
+  all earlier memories of the stage kind, a fresh sample each step (as in the paper).
+- Replay is off by default (`method.replay=true` adds it); the preference loss is DPO and follows
+  `method.loss`.
+
+Report per stage: steps, how many were projected (the constraint was violated), the earlier tasks
+in memory. State: the memories (records with token ids and reference log-probs), saved after each
+task; `state_nbytes` counts their text and token ids like the replay buffer.
+
+Difference from the authors' released baseline: per the spec, their GEM/A-GEM projected the gradient
+after `optimizer.step()`, so the projection never changed the update; here it acts before the step.
+"""
+import numpy as np
+import torch
+
+from . import register
+from .base import Plugin, Strategy
+
+STAGE_INDEX = {"sft": 0, "pref": 1}
+RIDGE = 1e-8
+
+
+# ---------------------------------------------------------------- projections (pure functions)
+def agem_project(g, g_ref):
+    """A-GEM: g if g . g_ref >= 0, else g minus its component along g_ref. Returns (g~, projected)."""
+    dot = torch.dot(g.double(), g_ref.double())
+    if dot >= 0:
+        return g, False
+    denom = torch.dot(g_ref.double(), g_ref.double())
+    if denom <= 0:
+        return g, False
+    return (g.double() - (dot / denom) * g_ref.double()).to(g.dtype), True
+
+
+def gem_project(g, G, margin=0.5, ridge=RIDGE):
+    """GEM: g if G g >= 0, else G^T v + g with v the solution of the dual QP
+    min 1/2 v^T (G G^T) v + (G g)^T v s.t. v >= margin. G: (t, p) rows of memory gradients."""
+    import quadprog
+
+    dots = G.double() @ g.double()
+    if not bool((dots < 0).any()):
+        return g, False
+    Gd = G.double()
+    P = (Gd @ Gd.T).cpu().numpy()
+    P = 0.5 * (P + P.T)
+    scale = float(np.mean(np.diag(P)))
+    if scale <= 0:
+        return g, False
+    # quadprog minimises 1/2 x^T P x - a^T x subject to C^T x >= b; work in units of `scale` for conditioning.
+    t = P.shape[0]
+    Pn = P / scale + ridge * np.eye(t)
+    a = -dots.cpu().numpy() / scale
+    v = quadprog.solve_qp(Pn, a, np.eye(t), np.full(t, float(margin)))[0]
+    v = torch.from_numpy(v).to(device=g.device, dtype=torch.float64)
+    return (Gd.T @ v + g.double()).to(g.dtype), True
+
+
+# ---------------------------------------------------------------- gradients
+def trainable(model):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def flat_grad(params):
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+                      for p in params])
+
+
+def write_flat_grad(params, flat):
+    """Write a flat gradient back into each parameter's .grad, in place where a .grad exists (keeps
+    DDP bucket views intact)."""
+    offset = 0
+    for p in params:
+        n = p.numel()
+        value = flat[offset:offset + n].view_as(p)
+        if p.grad is None:
+            p.grad = value.to(p.dtype).clone()
+        else:
+            p.grad.copy_(value)
+        offset += n
+
+
+def memory_gradient(model, params, records, collate, stage_loss, autocast, chunk_size):
+    """Flat gradient of the stage loss on `records` (mean of chunk losses weighted by chunk size),
+    leaving every parameter's .grad exactly as it was."""
+    saved = [p.grad for p in params]
+    device = params[0].device
+    try:
+        for p in params:
+            p.grad = None
+        with torch.enable_grad():
+            for start in range(0, len(records), chunk_size):
+                chunk = records[start:start + chunk_size]
+                batch = {k: v.to(device) for k, v in collate(chunk).items()}
+                with autocast():
+                    loss, _ = stage_loss(model, batch)
+                (loss.float() * (len(chunk) / len(records))).backward()
+        return flat_grad(params)
+    finally:
+        for p, s in zip(params, saved):
+            p.grad = s
+
+
+# ---------------------------------------------------------------- plugin
+class EpisodicMemory(Plugin):
+    """Shared part of GEM and A-GEM: the per-task, per-stage memories and the hook plumbing."""
+
+    name = "gem"
+
+    def __init__(self, memory_size=16, seed=0):
+        self.memory_size = int(memory_size)
+        self.seed = seed
+        self.memories = {"sft": {}, "pref": {}}  # stage -> {task: [records]} in task order
+        self._stats = None
+
+    def on_stage_start(self, loop, stage):
+        self._stats = {"steps": 0, "projected": 0,
+                       "memory_tasks": [t for t in self.memories.get(stage, {}) if t != loop.task]}
+
+    def _earlier(self, loop, stage):
+        return {t: recs for t, recs in self.memories.get(stage, {}).items() if t != loop.task and recs}
+
+    def before_optimizer_step(self, loop, stage, model):
+        earlier = self._earlier(loop, stage)
+        if self._stats is None:
+            self.on_stage_start(loop, stage)
+        self._stats["steps"] += 1
+        if not earlier:
+            return
+        params = trainable(loop.model)
+        g = flat_grad(params)
+        chunk = max(int(getattr(loop.cfg, stage).batch_size), 1)
+
+        def grad_on(records):
+            return memory_gradient(loop.model, params, records, loop.collate, loop.stage_loss, loop.autocast, chunk)
+
+        new_g, projected = self.project(loop, stage, g, earlier, grad_on)
+        if projected:
+            write_flat_grad(params, new_g)
+            self._stats["projected"] += 1
+
+    def project(self, loop, stage, g, earlier, grad_on):
+        raise NotImplementedError
+
+    def on_stage_end(self, loop, stage):
+        task = loop.task
+        source = loop.tasks[task].train if getattr(loop, "tasks", None) and task in loop.tasks else loop.stage_records
+        memory = [dict(rec) for rec in source[: self.memory_size]]  # token ids and reference log-probs too
+        self.memories.setdefault(stage, {})[task] = memory
+        stats, self._stats = self._stats or {"steps": 0, "projected": 0, "memory_tasks": []}, None
+        return {**stats, "memory_added": len(memory)}
+
+    def state_dict(self):
+        return {"memories": self.memories}
+
+    def load_state_dict(self, state):
+        if state:
+            self.memories = state["memories"]
+
+    def state_nbytes(self):
+        total = 0
+        for by_task in self.memories.values():
+            for records in by_task.values():
+                for rec in records:
+                    total += sum(len(rec[k].encode()) for k in ("prompt", "chosen", "rejected") if k in rec)
+                    total += 8 * sum(len(v) for v in rec.get("ids", {}).values())
+                    total += 8 * len(rec.get("ref", ()))
+        return total
+
+
+class GEMPlugin(EpisodicMemory):
+    name = "gem"
+
+    def __init__(self, memory_size=16, margin=0.5, seed=0):
+        super().__init__(memory_size, seed)
+        self.margin = float(margin)
+
+    def project(self, loop, stage, g, earlier, grad_on):
+        G = torch.stack([grad_on(records) for records in earlier.values()])
+        return gem_project(g, G, self.margin)
+
+
+class AGEMPlugin(EpisodicMemory):
+    name = "agem"
+
+    def __init__(self, memory_size=16, sample_size=16, seed=0):
+        super().__init__(memory_size, seed)
+        self.sample_size = int(sample_size)
+
+    def sample(self, loop, stage, earlier):
+        pool = [rec for records in earlier.values() for rec in records]
+        if len(pool) <= self.sample_size:
+            return pool
+        rng = np.random.default_rng([self.seed, loop.task_index or 0, STAGE_INDEX.get(stage, 9), self._stats["steps"]])
+        return [pool[i] for i in sorted(rng.choice(len(pool), self.sample_size, replace=False))]
+
+    def project(self, loop, stage, g, earlier, grad_on):
+        return agem_project(g, grad_on(self.sample(loop, stage, earlier)))
+
+
+@register("gem", replay=False)
+def gem(cfg):
+    m = cfg.method
+    return Strategy("gem", "dpo", [GEMPlugin(m.gem_memory_size, m.gem_margin, cfg.seed)])
+
+
+@register("agem", replay=False)
+def agem(cfg):
+    m = cfg.method
+    return Strategy("agem", "dpo", [AGEMPlugin(m.gem_memory_size, m.agem_sample_size, cfg.seed)])
