@@ -20,6 +20,16 @@ hooks. A new method is a new file that registers a builder in `METHODS`.
 """
 
 
+def records_nbytes(records):
+    """Bytes a list of stored records holds: their text, token ids (as int64) and cached scores."""
+    total = 0
+    for rec in records:
+        total += sum(len(rec[k].encode()) for k in ("prompt", "chosen", "rejected") if k in rec)
+        total += 8 * sum(len(v) for v in rec.get("ids", {}).values())
+        total += 8 * len(rec.get("ref", ()))
+    return total
+
+
 class Plugin:
     """A piece of a continual-learning method. Every hook is optional."""
 

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from . import register
-from .base import Plugin, Strategy
+from .base import Plugin, Strategy, records_nbytes
 
 STAGE_INDEX = {"sft": 0, "pref": 1}
 RIDGE = 1e-8
@@ -198,14 +198,7 @@ class EpisodicMemory(Plugin):
             self.memories = state["memories"]
 
     def state_nbytes(self):
-        total = 0
-        for by_task in self.memories.values():
-            for records in by_task.values():
-                for rec in records:
-                    total += sum(len(rec[k].encode()) for k in ("prompt", "chosen", "rejected") if k in rec)
-                    total += 8 * sum(len(v) for v in rec.get("ids", {}).values())
-                    total += 8 * len(rec.get("ref", ()))
-        return total
+        return sum(records_nbytes(records) for by_task in self.memories.values() for records in by_task.values())
 
 
 class GEMPlugin(EpisodicMemory):

@@ -4,7 +4,7 @@ Separate buffers for the SFT and the preference stage. When task t's training se
 the FIRST `fraction` of D_t's rows in file order join the buffer; the buffer keeps its oldest rows
 when over the cap. The whole buffer is replayed with every later task (the trainer shuffles).
 """
-from .base import Plugin
+from .base import Plugin, records_nbytes
 
 
 class Replay(Plugin):
@@ -30,10 +30,4 @@ class Replay(Plugin):
             self.buffers = state["buffers"]
 
     def state_nbytes(self):
-        # Token ids are what the buffer really holds; count them as int64 plus the text bytes.
-        total = 0
-        for buffer in self.buffers.values():
-            for rec in buffer:
-                total += sum(len(rec[k].encode()) for k in ("prompt", "chosen", "rejected"))
-                total += 8 * sum(len(v) for v in rec.get("ids", {}).values())
-        return total
+        return sum(records_nbytes(buffer) for buffer in self.buffers.values())
