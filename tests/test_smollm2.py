@@ -37,7 +37,7 @@ def test_smollm2_learns_the_trained_task(tmp_path):
         f"data.dir={release}", f"out={out}", "data.order=[" + ", ".join(TASKS) + "]", "data.n_train=12",
         "data.n_test=12", "model.max_length=160", "model.max_prompt_length=96", "progress=false",
         "sft.epochs=1", "sft.lr=5.0e-4", "sft.batch_size=4",
-        "pref.epochs=3", "pref.lr=1.0e-3", "pref.batch_size=4",
+        "pref.epochs=3", "pref.lr=1.0e-3", "pref.batch_size=4", "eval.generation=false",
     ]
     assert main(["run", str(CONFIG), *[x for o in overrides for x in ("--set", o)]]) == 0
     results = json.loads((out / "results.json").read_text())

@@ -1,0 +1,55 @@
+"""The benchmark scripts run (--smoke: tiny model, a few pairs) and write the JSON their README documents."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script, out, env, *args):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--out", str(out), *args],
+                          cwd=out, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    name = script.removesuffix(".py")
+    doc = json.loads((out / f"{name}.json").read_text())
+    assert doc["name"] == name and doc["args"]["smoke"]
+    assert {"cpu", "cores", "torch_threads", "versions", "peak_rss_mb"} <= set(doc["machine"])
+    return doc
+
+
+@pytest.mark.slow  # several processes, ~40 s
+def test_benchmarks_smoke(fake_release, tmp_path):
+    env = dict(os.environ, LIFEALIGN_DATA_DIR=str(fake_release), LIFEALIGN_CACHE=str(tmp_path / "cache"))
+
+    doc = run("preference_throughput.py", tmp_path, env)
+    assert set(doc["results"]) == {"ours", "trl-default", "trl-best"}
+    for r in doc["results"].values():
+        assert r["tokens"] > 0 and r["seconds"] > 0 and r["tokens_per_s"] > 0 and r["precision"] in ("bf16", "fp32")
+    assert doc["results"]["trl-default"]["precision"] == "fp32" and doc["results"]["trl-best"]["precision"] == "bf16"
+    assert doc["ratios"]["vs_trl_default"] > 0 and doc["ratios"]["vs_trl_best"] > 0
+    assert doc["model"]["params"] > 0 and set(doc["goals"]) == {"vs_trl_default", "vs_trl_best"}
+
+    doc = run("eval_throughput.py", tmp_path, env)
+    assert set(doc["forward"]) == {"bf16", "fp32"} and all(v["tokens_per_s"] > 0 for v in doc["forward"].values())
+    assert set(doc["generation"]) == {"1", "8", "16"}
+    assert all(v["generated_tokens"] > 0 and v["tokens_per_s"] > 0 for v in doc["generation"].values())
+
+    doc = run("machinery_cost.py", tmp_path, env, "--tasks", "2", "--launch", str(ROOT / "configs" / "tiny.yaml"),
+              "--set", f"out={tmp_path / 'run'}", "--set", f"cache_dir={tmp_path / 'cache'}",
+              "--set", "data.order=[hh-rlhf-helpful-base]", "--set", "data.n_train=4", "--set", "data.n_test=4")
+    syn = doc["synthetic"]
+    assert len(syn["stages"]) == 4 and all(s["slmc_s"] > 0 for s in syn["stages"])
+    assert [set(r) for r in syn["state_bytes"]] == [{"task", "slmc", "replay", "ewc", "gem", "olora", "cppo"}] * 2
+    assert syn["state_bytes"][1]["slmc"] > syn["state_bytes"][0]["slmc"] > 0
+    assert doc["launched"]["peak_rss_mb"] > 0 and doc["launched"]["wall_s"] > 0
+    assert [s["stage"] for s in doc["run"]["stages"]] == ["sft", "pref"]
+    assert all(s["share_pct"] >= 0 for s in doc["run"]["stages"]) and "slmc" in doc["run"]["state_bytes"][0]
+
+    doc = run("hardware_limit.py", tmp_path, env, "--from", str(tmp_path / "preference_throughput.json"),
+              str(tmp_path / "eval_throughput.json"))
+    assert doc["peak_gflops"]["bf16"] > 0 and doc["peak_gflops"]["fp32"] > 0
+    assert len(doc["achieved"]) == 3 + 2 + 3 and all(r["share_pct"] > 0 for r in doc["achieved"])
