@@ -182,7 +182,8 @@ def parse_override(text):
     return key.strip(), yaml.safe_load(raw)
 
 
-def _set_path(tree, key, value):
+def set_path(tree, key, value):
+    """Set tree['a']['b'] = value for key 'a.b', creating sections as needed."""
     parts = key.split(".")
     node = tree
     for part in parts[:-1]:
@@ -204,7 +205,7 @@ def load_config(path=None, overrides=()):
             raise ConfigError(f"{path}: the top level must be a mapping of keys")
     for item in overrides:
         key, value = parse_override(item) if isinstance(item, str) else item
-        _set_path(values, key, value)
+        set_path(values, key, value)
     try:
         return _build(Config, values, "")
     except ConfigError as err:

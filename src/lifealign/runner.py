@@ -4,8 +4,10 @@ place atomically with its adapter, strategy state, optimizer and RNG state and i
 
     run_dir/
       config.json            the resolved config of the run (a restart must match it)
-      base_eval.json         the untrained base model's row
-      tasks/01-<task>/       adapter/ (PEFT format), state.pt, eval.json, train.json
+      base_eval.json         the untrained base model's row (base_generations.json with generation on)
+      tasks/01-<task>/       adapter/ (PEFT format), lora.safetensors (what a restart loads),
+                             state.pt (strategy, optimizers, RNG), eval.json, train.json,
+                             generations.json
       results.json           rebuilt after every task
 """
 import contextlib
@@ -14,6 +16,7 @@ import importlib.metadata
 import os
 import platform
 import random
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -23,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import data as data_mod
-from .config import ConfigError, _set_path, config_from_dict, parse_override
+from .config import ConfigError, config_from_dict, parse_override, set_path
 from .consolidation import lora_parameters
 from .evaluation import METRICS, evaluate_base, evaluate_policy
 from .generation import decoding_description, generate_responses, generation_scores
@@ -35,8 +38,7 @@ from .models import add_lora, cache_root, load_model, model_fingerprint, pick_pr
 from .reference import ReferenceCache, autocast
 from .strategies import build_strategy
 from .training import (ListDataset, StageTrainer, clean_response, collate_pairs, collate_sft, encode_records,
-                       example_lengths,
-                       make_preference_loss, sft_loss, training_arguments)
+                       example_lengths, make_preference_loss, sft_loss, training_arguments)
 
 STAGES = ("sft", "pref")
 
@@ -337,7 +339,6 @@ class ContinualLoop:
         final = self.task_dir(index, name)
         tmp = final.parent / f".tmp-{final.name}"
         if tmp.exists():
-            import shutil
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         self.model.save_pretrained(tmp / "adapter")  # PEFT format, for users and `lifealign eval`
@@ -476,7 +477,7 @@ def reevaluate(run_dir, overrides=()):
         key, value = parse_override(item)
         if not (key.startswith("eval.") or key in ("progress", "cache_dir")):
             raise ConfigError(f"lifealign eval may only change eval.*, progress and cache_dir, not {key}")
-        _set_path(values, key, value)
+        set_path(values, key, value)
     cfg = config_from_dict(values)
     loop = ContinualLoop(cfg)
     loop.setup()
