@@ -121,3 +121,13 @@ def test_kill_and_resume_give_the_same_results(fake_release, lifealign_run, tmp_
     results = json.loads((out / "results.json").read_text())
     assert results["metrics"] == reference["metrics"]
     assert results["final_adapter_digests"] == reference["final_adapter_digests"]
+
+
+@pytest.mark.parametrize("method,loss,plugins", [("dpo+slmc", "dpo", ["replay", "slmc"]), ("fpo", "fpo", ["replay"]),
+                                                 ("seqft", "dpo", [])])
+def test_ablation_corners_run_end_to_end(fake_release, tmp_path, method, loss, plugins):
+    results = run_cli(fake_release, tmp_path / "out", tmp_path / "cache", [f"method.name={method}"])
+    assert results["complete"] and results["method"] == {"name": method, "loss": loss, "plugins": plugins}
+    pref = [t["stages"]["pref"] for t in results["training"]]
+    assert ("slmc" in pref[-1]["plugins"]) == ("slmc" in plugins)
+    assert [p["examples"] for p in pref] == ([8, 9, 10] if "replay" in plugins else [8, 8, 8])
