@@ -149,10 +149,9 @@ class ContinualLoop:
             if index < len(done):
                 continue
             self._train_task(index, name, records)
-            self.write_results(base)
-        results = self.write_results(base)
-        self._gather_digests(results)
-        return results
+            if index < len(self.units) - 1:
+                self.write_results(base)
+        return self.write_results(base, final_adapter_digests=self._gather_digests())
 
     def training_units(self):
         """What is trained in sequence: one unit per task, or, for a joint (multi-task) method, one
@@ -375,7 +374,7 @@ class ContinualLoop:
         np.random.set_state(state["rng"]["numpy"])
 
     # ---------------------------------------------------------------- results
-    def write_results(self, base):
+    def write_results(self, base, **extra):
         rows = []
         for index, (name, _) in enumerate(self.units):
             path = self.task_dir(index, name)
@@ -419,20 +418,20 @@ class ContinualLoop:
             "timings": self.timings,
             "versions": _versions(),
             "world_size": self.world_size,
+            **extra,
         }
         if self.is_main:
             write_json(self.out / "results.json", results)
         return results
 
-    def _gather_digests(self, results):
+    def _gather_digests(self):
+        """The final adapter's digest on every rank: replicas must agree."""
         digest = adapter_digest(self.model)
-        digests = [digest]
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            digests = [None] * self.world_size
-            torch.distributed.all_gather_object(digests, digest)
-        results["final_adapter_digests"] = digests
-        if self.is_main:
-            write_json(self.out / "results.json", results)
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return [digest]
+        digests = [None] * self.world_size
+        torch.distributed.all_gather_object(digests, digest)
+        return digests
 
 
 ALL_METRICS = METRICS + ("bleu4", "rougel", "judge")
