@@ -2,7 +2,9 @@
 
 forward     score_pairs (the pass behind reward and log-likelihood accuracy) of the LoRA policy
             (adapter on) over --pairs test pairs, --eval-batch pairs per forward, in bf16 autocast
-            and in fp32. Tokens = non-pad tokens of prompt+chosen and prompt+rejected.
+            and in fp32, each in both batch layouts: shared-prompt rows (one row per pair, the
+            prompt computed once; what runs use) and two rows per pair (the layout before).
+            Tokens = non-pad tokens of prompt+chosen and prompt+rejected, the same in both layouts.
 generation  generate_token_ids (greedy, --max-new-tokens) for --gen-prompts test prompts at each
             batch size of --gen-batch-sizes, at the precision pick_precision gives. Tokens = the
             generated tokens (each response cut at its end-of-sequence token).
@@ -20,7 +22,7 @@ import common
 from lifealign.generation import generate_token_ids
 from lifealign.models import add_lora, pick_precision
 from lifealign.reference import score_pairs
-from lifealign.training import encode_records
+from lifealign.training import encode_records, pair_length
 
 GOAL_FORWARD = 2000.0  # tokens/s on SmolLM2, this 2-core machine
 
@@ -47,10 +49,14 @@ def main(argv=None):
 
     forward = {}
     for precision in [s.strip() for s in args.precisions.split(",") if s.strip()]:
-        score_pairs(model, records[:2], tok.pad_token_id, args.eval_batch, precision)  # warm-up
-        with common.Timer() as t:
-            score_pairs(model, records, tok.pad_token_id, args.eval_batch, precision)
-        forward[precision] = {"pairs": len(records), "tokens": tokens, "seconds": t.s, "tokens_per_s": tokens / t.s}
+        for layout, share in (("shared-prompt", True), ("two-rows", False)):
+            score_pairs(model, records[:2], tok.pad_token_id, args.eval_batch, precision)  # warm-up
+            with common.Timer() as t:
+                score_pairs(model, records, tok.pad_token_id, args.eval_batch, precision, share_prompt=share)
+            processed = sum(pair_length(r) for r in records) if share else tokens
+            forward[f"{precision}/{layout}"] = {"precision": precision, "layout": layout, "pairs": len(records),
+                                                "tokens": tokens, "processed_tokens": processed, "seconds": t.s,
+                                                "tokens_per_s": tokens / t.s}
 
     gen_precision = pick_precision(dev)
     prompts = [r["prompt"] for r in records[: args.gen_prompts]]
@@ -66,13 +72,12 @@ def main(argv=None):
                                "generated_tokens": n, "seconds": t.s, "tokens_per_s": n / t.s}
 
     print("\nforward (preference scoring)")
-    common.table([{"precision": k, **v} for k, v in forward.items()],
-                 ["precision", "pairs", "tokens", "seconds", "tokens_per_s"])
+    common.table(list(forward.values()), ["precision", "layout", "pairs", "tokens", "seconds", "tokens_per_s"])
     print(f"\ngeneration (greedy, max_new_tokens {args.max_new_tokens}, {gen_precision})")
     common.table(list(generation.values()), ["batch_size", "prompts", "generated_tokens", "seconds", "tokens_per_s"])
     best = max((v["tokens_per_s"] for v in forward.values()), default=None)
     if best is not None and not args.smoke:
-        print(f"\nforward, best precision: {best:.0f} tokens/s (goal >= {GOAL_FORWARD:.0f} on SmolLM2: "
+        print(f"\nforward, best configuration: {best:.0f} tokens/s (goal >= {GOAL_FORWARD:.0f} on SmolLM2: "
               f"{'met' if best >= GOAL_FORWARD else 'NOT met'})")
     common.write_result("eval_throughput", args, {
         "model": {"name": args.model, "params": common.n_params(model)},

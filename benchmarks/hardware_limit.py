@@ -4,7 +4,8 @@ Peak: for each size n of --sizes, the best of --repeats timed n x n @ n x n matm
 in bf16 and in fp32, at torch's default thread count; the peak of a precision is its best size.
 
 Achieved, from the JSON of preference_throughput.py / eval_throughput.py given with --from: model
-FLOPs per second at the measured token rate, N = the base model's parameters (tied embeddings
+FLOPs per second at the measured rate of tokens that went through the model (a shared prompt
+counts once), N = the base model's parameters (tied embeddings
 counted once, LoRA matrices excluded):
   LoRA training   4 N per training token: forward 2 N + backward 2 N (gradients of the activations
                   through the frozen weights; frozen weights get no weight gradients; the LoRA
@@ -48,13 +49,19 @@ def matmul_gflops(n, dtype, repeats, dev):
     return 2 * n**3 / best / 1e9
 
 
+def _processed_rate(r):
+    """Tokens per second that actually went through the model: with shared-prompt rows a pair's
+    prompt is computed once, so fewer than the pair tokens `tokens_per_s` counts."""
+    return r["tokens_per_s"] * r.get("processed_tokens", r["tokens"]) / r["tokens"]
+
+
 def achieved(doc):
-    """(label, config, precision, tokens/s, FLOPs per token) rows of one benchmark JSON."""
+    """(label, config, precision, processed tokens/s, FLOPs per token) rows of one benchmark JSON."""
     n = doc.get("model", {}).get("params")
     if doc.get("name") == "preference_throughput":
-        return [("training", k, r["precision"], r["tokens_per_s"], 4 * n) for k, r in doc["results"].items()]
+        return [("training", k, r["precision"], _processed_rate(r), 4 * n) for k, r in doc["results"].items()]
     if doc.get("name") == "eval_throughput":
-        rows = [("eval forward", k, k, r["tokens_per_s"], 2 * n) for k, r in doc["forward"].items()]
+        rows = [("eval forward", k, r["precision"], _processed_rate(r), 2 * n) for k, r in doc["forward"].items()]
         rows += [("generation", f"batch {r['batch_size']}", r["precision"], r["tokens_per_s"], 2 * n)
                  for r in doc["generation"].values()]
         return rows

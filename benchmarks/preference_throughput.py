@@ -5,8 +5,10 @@ Same model, pairs, batch size, max_length, LoRA (q_proj, v_proj, r 8, alpha 16, 
 
   ours         reference log-probs of the frozen base model (score_pairs with the adapter off, cold
                cache) + the StageTrainer preference stage built as runner._train_stage builds it
-               (length-grouped batches), at the precision pick_precision gives (bf16 on CPUs with
-               AVX512-BF16/AMX)
+               (length-grouped batches of shared-prompt rows: each pair one row, its prompt computed
+               once), at the precision pick_precision gives (bf16 on CPUs with AVX512-BF16/AMX)
+  ours-two-rows  the same with two rows per pair (prompt+chosen, prompt+rejected): our trainer
+               before prefix sharing, to show what that change gives
   trl-default  DPOTrainer, fp32 (bf16=False), reference forward at every step; other settings are
                TRL's defaults (gradient checkpointing on)
   trl-best     DPOTrainer, bf16=True, precompute_ref_log_probs=True (its best CPU configuration)
@@ -14,7 +16,8 @@ Same model, pairs, batch size, max_length, LoRA (q_proj, v_proj, r 8, alpha 16, 
 Each configuration's time runs from the raw pairs to the trained adapter: tokenisation, the
 reference pass and training (for TRL: building DPOTrainer, which tokenises and precomputes, then
 train()). Training tokens = non-pad tokens of prompt+chosen and prompt+rejected of every pair of
-the epoch. Prompts are first cut to their last max_prompt_length tokens (our truncation), so that
+the epoch, in every configuration (so tokens/s compares the same work; with shared prompts fewer
+tokens actually go through the model, reported as processed_tokens). Prompts are first cut to their last max_prompt_length tokens (our truncation), so that
 TRL, which truncates sequences from the end, trains on the same prompts. TRL gets the pairs as
 conversations, so the same chat template renders them.
 
@@ -39,7 +42,7 @@ from lifealign.reference import ReferenceCache  # noqa: E402
 from lifealign.training import (ListDataset, StageTrainer, clean_response, collate_pairs, encode_records,  # noqa: E402
                                 example_lengths, make_preference_loss, training_arguments)
 
-CONFIGS = ("ours", "trl-default", "trl-best")
+CONFIGS = ("ours", "ours-two-rows", "trl-default", "trl-best")
 LORA = dict(r=8, alpha=16, dropout=0.0, targets=["q_proj", "v_proj"])
 GOALS = {"vs_trl_default": 3.0, "vs_trl_best": 1.5}  # ours / TRL, tokens per second
 
@@ -54,7 +57,7 @@ class NoHooks:
         pass
 
 
-def run_ours(args, pairs, dev):
+def run_ours(args, pairs, dev, share_prompt=True):
     precision = pick_precision(dev)
     model, tok = common.load(args, dev)
     torch.manual_seed(0)
@@ -65,19 +68,21 @@ def run_ours(args, pairs, dev):
             encode_records(tok, records, args.max_length, args.max_prompt_length)
         with common.Timer() as t_ref:
             ReferenceCache(Path(tmp) / "reference.pt").fill(model, records, tok.pad_token_id, args.eval_batch,
-                                                            precision, write=False)
+                                                            precision, write=False, share_prompt=share_prompt)
         with common.Timer() as t_train:
             stage = StageConfig(epochs=1.0, lr=args.lr, batch_size=args.batch)
             params = [p for p in model.parameters() if p.requires_grad]
             trainer = StageTrainer(
                 model=model, args=training_arguments(stage, tmp, 0, precision, False, dev),
-                train_dataset=ListDataset(records), data_collator=lambda ex: collate_pairs(ex, tok.pad_token_id),
+                train_dataset=ListDataset(records),
+                data_collator=lambda ex: collate_pairs(ex, tok.pad_token_id, share_prompt),
                 optimizers=(torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0), None),
                 stage_loss=make_preference_loss(dpo_loss, args.beta), hooks=NoHooks(),
                 lengths=example_lengths(records, "pref"))
             model.train()
             trainer.train()
-    return {"precision": precision, "reference": "once, before training", "tokens": trainer.tokens_seen,
+    return {"precision": precision, "reference": "once, before training", "layout": "shared-prompt" if share_prompt
+            else "two-rows", "tokens": common.pair_tokens(records), "processed_tokens": trainer.tokens_seen,
             "steps": trainer.state.global_step, "prepare_s": t_tok.s, "reference_s": t_ref.s,
             "train_s": t_train.s, "seconds": t_tok.s + t_ref.s + t_train.s, "params": common.n_params(model)}
 
@@ -148,7 +153,10 @@ def main(argv=None):
     results = {}
     for name in which:
         print(f"running {name} ...", flush=True)
-        r = run_ours(args, pairs, dev) if name == "ours" else run_trl(args, pairs, dev, best=name == "trl-best")
+        if name.startswith("ours"):
+            r = run_ours(args, pairs, dev, share_prompt=name == "ours")
+        else:
+            r = run_trl(args, pairs, dev, best=name == "trl-best")
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
         results[name] = r
         print(f"  {r['seconds']:.1f} s, {r['tokens_per_s']:.0f} tokens/s", flush=True)

@@ -26,7 +26,9 @@ def test_benchmarks_smoke(fake_release, tmp_path):
     env = dict(os.environ, LIFEALIGN_DATA_DIR=str(fake_release), LIFEALIGN_CACHE=str(tmp_path / "cache"))
 
     doc = run("preference_throughput.py", tmp_path, env)
-    assert set(doc["results"]) == {"ours", "trl-default", "trl-best"}
+    assert set(doc["results"]) == {"ours", "ours-two-rows", "trl-default", "trl-best"}
+    ours, two_rows = doc["results"]["ours"], doc["results"]["ours-two-rows"]
+    assert ours["tokens"] == two_rows["tokens"] == two_rows["processed_tokens"] > ours["processed_tokens"]
     for r in doc["results"].values():
         assert r["tokens"] > 0 and r["seconds"] > 0 and r["tokens_per_s"] > 0 and r["precision"] in ("bf16", "fp32")
     assert doc["results"]["trl-default"]["precision"] == "fp32" and doc["results"]["trl-best"]["precision"] == "bf16"
@@ -34,7 +36,8 @@ def test_benchmarks_smoke(fake_release, tmp_path):
     assert doc["model"]["params"] > 0 and set(doc["goals"]) == {"vs_trl_default", "vs_trl_best"}
 
     doc = run("eval_throughput.py", tmp_path, env)
-    assert set(doc["forward"]) == {"bf16", "fp32"} and all(v["tokens_per_s"] > 0 for v in doc["forward"].values())
+    assert set(doc["forward"]) == {f"{p}/{layout}" for p in ("bf16", "fp32") for layout in ("shared-prompt", "two-rows")}
+    assert all(v["tokens_per_s"] > 0 for v in doc["forward"].values())
     assert set(doc["generation"]) == {"1", "8", "16"}
     assert all(v["generated_tokens"] > 0 and v["tokens_per_s"] > 0 for v in doc["generation"].values())
 
@@ -52,4 +55,4 @@ def test_benchmarks_smoke(fake_release, tmp_path):
     doc = run("hardware_limit.py", tmp_path, env, "--from", str(tmp_path / "preference_throughput.json"),
               str(tmp_path / "eval_throughput.json"))
     assert doc["peak_gflops"]["bf16"] > 0 and doc["peak_gflops"]["fp32"] > 0
-    assert len(doc["achieved"]) == 3 + 2 + 3 and all(r["share_pct"] > 0 for r in doc["achieved"])
+    assert len(doc["achieved"]) == 4 + 4 + 3 and all(r["share_pct"] > 0 for r in doc["achieved"])

@@ -53,10 +53,17 @@ def _batch(n, seed=0):
     return collate_pairs(recs, pad_id=0)
 
 
-def _outputs(batch, chosen, rejected, beta=0.1):
+def _chosen_lengths(batch):
+    """Response tokens of each chosen sequence, from the batch's scoring index."""
+    return torch.bincount(batch["score_index"][:, 3]).chunk(2)[0].float()
+
+
+def _outputs(batch, chosen, rejected, beta=0.1, chosen_counts=None):
     per_pair = dpo_loss(chosen, rejected, batch["ref_chosen_logps"], batch["ref_rejected_logps"], beta=beta)
     margin = beta * ((chosen - batch["ref_chosen_logps"]) - (rejected - batch["ref_rejected_logps"]))
-    return {"chosen_logps": chosen, "rejected_logps": rejected, "per_pair_loss": per_pair, "margin": margin}
+    counts = _chosen_lengths(batch) if chosen_counts is None else chosen_counts
+    return {"chosen_logps": chosen, "rejected_logps": rejected, "per_pair_loss": per_pair, "margin": margin,
+            "chosen_counts": counts}
 
 
 def test_extra_loss_is_weighted_loss_plus_retention():
@@ -67,7 +74,7 @@ def test_extra_loss_is_weighted_loss_plus_retention():
     rejected = torch.randn(6, generator=torch.Generator().manual_seed(2)) - 5
     out = _outputs(batch, chosen, rejected)
     extra = plugin.extra_loss(None, "pref", None, batch, out)
-    lengths = batch["response_mask"][:, 1:].sum(-1).chunk(2)[0]
+    lengths = _chosen_lengths(batch)
     alpha, beta, _ = cppo_weights(out["margin"], chosen / lengths)
     retention = 0.1 * ((chosen - batch["old_chosen_logps"]) ** 2 + (rejected - batch["old_rejected_logps"]) ** 2)
     total = out["per_pair_loss"].mean() + extra
@@ -81,16 +88,16 @@ def test_retention_zero_when_policy_equals_old_and_formula_otherwise():
     # uniform reference and old scores: every pair has the same margin and log-prob, so all are
     # "normal" (alpha = beta = 1) and the extra term is the retention term alone
     flat = dict(batch, ref_chosen_logps=torch.full((4,), -5.0), ref_rejected_logps=torch.full((4,), -6.0),
-                old_chosen_logps=torch.full((4,), -5.0), old_rejected_logps=torch.full((4,), -6.0),
-                response_mask=torch.ones_like(batch["response_mask"]))
-    same = _outputs(flat, torch.full((4,), -5.0), torch.full((4,), -6.0))
+                old_chosen_logps=torch.full((4,), -5.0), old_rejected_logps=torch.full((4,), -6.0))
+    ones = torch.ones(4)  # equal lengths: equal per-token log-probs
+    same = _outputs(flat, torch.full((4,), -5.0), torch.full((4,), -6.0), chosen_counts=ones)
     assert plugin.extra_loss(None, "pref", None, flat, same).item() == 0.0
     # chosen moved by 2, rejected by 1 on every pair: retention = 0.1 * (2^2 + 1^2)
-    moved = _outputs(flat, torch.full((4,), -3.0), torch.full((4,), -7.0))
+    moved = _outputs(flat, torch.full((4,), -3.0), torch.full((4,), -7.0), chosen_counts=ones)
     assert plugin.extra_loss(None, "pref", None, flat, moved).item() == pytest.approx(0.5)
     # policy == old on a varied batch: the retention part is zero, what is left is mean((alpha-1) L)
     out = _outputs(batch, batch["old_chosen_logps"].clone(), batch["old_rejected_logps"].clone())
-    lengths = batch["response_mask"][:, 1:].sum(-1).chunk(2)[0]
+    lengths = _chosen_lengths(batch)
     alpha, _, _ = cppo_weights(out["margin"], out["chosen_logps"] / lengths)
     extra = plugin.extra_loss(None, "pref", None, batch, out)
     assert torch.allclose(extra, ((alpha - 1) * out["per_pair_loss"]).mean())

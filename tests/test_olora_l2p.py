@@ -272,18 +272,20 @@ def _l2p_setup():
 def test_l2p_reference_ignores_pool_policy_does_not():
     model, tokenizer, records, plugin, _ = _l2p_setup()
     ref_before = score_pairs(model, records, tokenizer.pad_token_id, use_adapter=False)
-    pol_before = score_pairs(model, records, tokenizer.pad_token_id, use_adapter=True)
+    pol_before = score_pairs(model, records, tokenizer.pad_token_id, use_adapter=True, share_prompt=False)
     with torch.no_grad():
         plugin.pool.prompts.add_(torch.randn_like(plugin.pool.prompts))
         plugin.pool.keys.add_(torch.randn_like(plugin.pool.keys))
     ref_after = score_pairs(model, records, tokenizer.pad_token_id, use_adapter=False)
-    pol_after = score_pairs(model, records, tokenizer.pad_token_id, use_adapter=True)
+    pol_after = score_pairs(model, records, tokenizer.pad_token_id, use_adapter=True, share_prompt=False)
     assert torch.equal(ref_before, ref_after)
     assert not torch.allclose(pol_before[:, :2], pol_after[:, :2])
     assert torch.equal(pol_before[:, 2:], pol_after[:, 2:])  # same response lengths
     # the reference is the plain base model (no prompts, no LoRA), and the policy is not it
     assert torch.equal(ref_after, score_pairs(fresh_base(), records, tokenizer.pad_token_id))
     assert not torch.allclose(pol_after[:, :2], ref_after[:, :2])
+    with pytest.raises(ValueError, match="share_prompt=False"):  # the shared-prompt layout is refused, clearly
+        score_pairs(model, records, tokenizer.pad_token_id, use_adapter=True)
     # the hooks also stay off under the LoRA layers' own switch
     model.base_model.disable_adapter_layers()
     assert not plugin.active()
@@ -293,7 +295,7 @@ def test_l2p_reference_ignores_pool_policy_does_not():
 
 def test_l2p_prompts_prepended_and_logits_unprompted_shape():
     model, tokenizer, records, plugin, _ = _l2p_setup()
-    batch = collate_pairs(records, tokenizer.pad_token_id)
+    batch = collate_pairs(records, tokenizer.pad_token_id, share_prompt=False)
     seen = {}
 
     def grab(module, args, kwargs):
@@ -376,7 +378,7 @@ def test_l2p_trains_only_the_pool_and_restores():
     assert trainable(model) == pool_names  # ... and the stage start freezes it
     lora_before = {n: p.detach().clone() for n, p in lora_parameters(model).items()}
     pool_before = {k: v.clone() for k, v in plugin.state_dict().items() if k != "usage"}
-    batch = collate_pairs(records, tokenizer.pad_token_id)
+    batch = collate_pairs(records, tokenizer.pad_token_id, share_prompt=False)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
     model.train()
     for _ in range(2):
@@ -396,8 +398,8 @@ def test_l2p_trains_only_the_pool_and_restores():
     plugin2 = L2P(seed=0)
     plugin2.load_state_dict(state)
     plugin2.on_restore(fake_loop(model2, loop.tasks))
-    assert torch.equal(score_pairs(model, records, tokenizer.pad_token_id),
-                       score_pairs(model2, records, tokenizer.pad_token_id))
+    assert torch.equal(score_pairs(model, records, tokenizer.pad_token_id, share_prompt=False),
+                       score_pairs(model2, records, tokenizer.pad_token_id, share_prompt=False))
 
 
 def test_l2p_end_to_end_and_resume(fake_release, tmp_path, monkeypatch):

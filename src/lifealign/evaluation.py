@@ -44,7 +44,8 @@ def evaluate_base(records, beta=0.1):
     return preference_scores(torch.cat([ref, lengths], dim=1), ref, beta)
 
 
-def evaluate_policy(model, records, pad_id, beta=0.1, batch_size=16, precision="fp32", progress=False, desc=None):
+def evaluate_policy(model, records, pad_id, beta=0.1, batch_size=16, precision="fp32", progress=False, desc=None,
+                    share_prompt=True):
     policy = score_pairs(model, records, pad_id, batch_size, precision, use_adapter=True, desc=desc,
-                         progress=progress)
+                         progress=progress, share_prompt=share_prompt)
     return preference_scores(policy, reference_tensor(records), beta)

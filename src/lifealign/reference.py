@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .io import torch_save
-from .training import collate_pairs, sequence_logps
+from .training import collate_pairs, pair_length, sequence_logps
 
 
 def autocast(precision, device):
@@ -24,12 +24,12 @@ def autocast(precision, device):
 
 @torch.no_grad()
 def score_pairs(model, records, pad_id, batch_size=16, precision="fp32", use_adapter=True, desc=None,
-                progress=False):
+                progress=False, share_prompt=True):
     """Summed response log-probs and response lengths of each pair: tensor (n, 4) of
     [chosen_logp, rejected_logp, chosen_len, rejected_len]. Batches group pairs of similar length
     (less padding); results come back in the records' order."""
     device = next(model.parameters()).device
-    order = sorted(range(len(records)), key=lambda i: _pair_length(records[i]))
+    order = sorted(range(len(records)), key=lambda i: pair_length(records[i]))
     out = torch.zeros(len(records), 4)
     was_training = model.training
     model.eval()
@@ -38,7 +38,7 @@ def score_pairs(model, records, pad_id, batch_size=16, precision="fp32", use_ada
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     with adapter_off, autocast(precision, device):
         for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
-            batch = collate_pairs([records[i] for i in idx], pad_id)
+            batch = collate_pairs([records[i] for i in idx], pad_id, share_prompt)
             batch = {k: v.to(device) for k, v in batch.items()}
             logps, counts = sequence_logps(model, batch)
             chosen, rejected = logps.float().cpu().chunk(2)
@@ -46,11 +46,6 @@ def score_pairs(model, records, pad_id, batch_size=16, precision="fp32", use_ada
             out[idx] = torch.stack([chosen, rejected, n_chosen, n_rejected], dim=1)
     model.train(was_training)
     return out
-
-
-def _pair_length(rec):
-    ids = rec["ids"]
-    return len(ids["prompt"]) + max(len(ids["chosen"]), len(ids["rejected"]))
 
 
 def pair_key(rec):
@@ -66,7 +61,7 @@ class ReferenceCache:
         self.hits = 0
         self.misses = 0
 
-    def fill(self, model, records, pad_id, batch_size, precision, progress=False, write=True):
+    def fill(self, model, records, pad_id, batch_size, precision, progress=False, write=True, share_prompt=True):
         """Set rec["ref"] = (chosen_logp, rejected_logp) for every record, computing the missing ones."""
         keys = [pair_key(r) for r in records]
         missing = sorted({k: i for i, k in enumerate(keys) if k not in self.values}.values())
@@ -74,7 +69,8 @@ class ReferenceCache:
         self.hits += len(records) - len(missing)
         if missing:
             scores = score_pairs(model, [records[i] for i in missing], pad_id, batch_size, precision,
-                                 use_adapter=False, desc="reference log-probs", progress=progress)
+                                 use_adapter=False, desc="reference log-probs", progress=progress,
+                                 share_prompt=share_prompt)
             for i, row in zip(missing, scores):
                 self.values[keys[i]] = (float(row[0]), float(row[1]))
             if write:

@@ -128,7 +128,7 @@ class ContinualLoop:
         t0 = time.perf_counter()
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else cache_root()
         self.ref_cache = ReferenceCache(cache_dir / "reference" / f"{self.fingerprint}-{self.precision}-"
-                                        f"{cfg.model.max_length}-{cfg.model.max_prompt_length}.pt")
+                                        f"{cfg.model.max_length}-{cfg.model.max_prompt_length}-shared.pt")  # shared-prompt rows
         every = [r for t in self.tasks.values() for r in t.train + t.test]
         self.ref_cache.fill(self.model, every, self.pad_id, cfg.eval.batch_size, self.precision,
                             progress=cfg.progress and self.is_main, write=self.is_main)
@@ -217,7 +217,8 @@ class ContinualLoop:
                 evals[name] = evaluate_base(task.test, cfg.method.beta)
             else:
                 evals[name] = evaluate_policy(self.model, task.test, self.pad_id, cfg.method.beta, ev.batch_size,
-                                              self.precision, progress=progress, desc=f"eval {name}")
+                                              self.precision, progress=progress, desc=f"eval {name}",
+                                              share_prompt=self.strategy.share_prompt)
         if ev.generation:
             for name, task in self.tasks.items():
                 records = task.test[: ev.gen_prompts] if ev.gen_prompts else task.test
@@ -300,7 +301,7 @@ class ContinualLoop:
         else:
             stage_loss = make_preference_loss(self.loss_fn, cfg.method.beta,
                                               **({"gamma": cfg.method.gamma} if self.strategy.loss == "fpo" else {}))
-            collate = lambda ex: collate_pairs(ex, self.pad_id)  # noqa: E731
+            collate = lambda ex: collate_pairs(ex, self.pad_id, self.strategy.share_prompt)  # noqa: E731
         self.stage_records, self.stage_loss, self.collate = records, stage_loss, collate
         trainer = StageTrainer(
             model=self.model, args=args, train_dataset=ListDataset(records), data_collator=collate,

@@ -34,6 +34,9 @@ class Plugin:
     """A piece of a continual-learning method. Every hook is optional."""
 
     name = "plugin"
+    # A plugin that rewrites the model's inputs (L2P prepends prompts) needs one plain sequence per
+    # response; the others let a pair's two sequences share one row with the prompt computed once.
+    rewrites_inputs = False
 
     def on_task_start(self, loop, task):
         pass
@@ -77,6 +80,11 @@ class Strategy:
         self.name = name
         self.loss = loss
         self.plugins = list(plugins)
+
+    @property
+    def share_prompt(self):
+        """Whether preference batches may use the shared-prompt layout (training.collate_pairs)."""
+        return not any(p.rewrites_inputs for p in self.plugins)
 
     def plugin(self, name):
         return next((p for p in self.plugins if p.name == name), None)

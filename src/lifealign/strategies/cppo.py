@@ -103,12 +103,6 @@ def cppo_weights(reward, logp, k=1.0, lb=0.5, ub=2.0):
     return alpha, beta, cat
 
 
-def chosen_lengths(batch):
-    """Response-token counts of the chosen sequences, as `sequence_logps` counts them."""
-    counts = batch["response_mask"][:, 1:].sum(-1)
-    return counts.chunk(2)[0]
-
-
 class CPPOPlugin(Plugin):
     name = "cppo"
 
@@ -139,7 +133,7 @@ class CPPOPlugin(Plugin):
                     p.copy_(self._snapshot[n])
         try:
             scores = score_pairs(model, loop.stage_records, loop.pad_id, loop.cfg.eval.batch_size,
-                                 loop.precision, use_adapter=True)
+                                 loop.precision, use_adapter=True, share_prompt=loop.strategy.share_prompt)
         finally:
             if current is not None:
                 with torch.no_grad():
@@ -157,7 +151,7 @@ class CPPOPlugin(Plugin):
         chosen, rejected = outputs["chosen_logps"], outputs["rejected_logps"]
         per_pair = outputs["per_pair_loss"]
         reward = outputs["margin"].detach()
-        logp = chosen.detach() / chosen_lengths(batch).to(chosen.device).clamp(min=1)
+        logp = chosen.detach() / outputs["chosen_counts"].clamp(min=1)
         if reward.numel() < 2 and not self._warned:
             warnings.warn("CPPO: a preference batch of one pair has no spread; its weights fall back to 1",
                           stacklevel=2)

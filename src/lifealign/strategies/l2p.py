@@ -130,6 +130,7 @@ class PromptIndex:
 
 class L2P(Plugin):
     name = "l2p"
+    rewrites_inputs = True  # its hooks extend 2D attention masks: one row per sequence
 
     def __init__(self, pool_size=10, prompt_length=5, top_k=3, key_lambda=0.5, seed=0):
         if top_k > pool_size:
@@ -245,6 +246,9 @@ class L2P(Plugin):
             kw.update(kw.pop(self._var_kw, None) or {})
         input_ids, embeds = kw.get("input_ids"), kw.get("inputs_embeds")
         mask, positions = kw.get("attention_mask"), kw.get("position_ids")
+        if mask is not None and mask.dim() != 2:
+            raise ValueError("L2P prepends prompts to each sequence and needs 2D attention masks: batch pairs "
+                             "with collate_pairs(..., share_prompt=False)")
         cache = kw.get("cache", kw.get("past_key_values"))
         n_prompt = self.n_prompt_tokens
         past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
