@@ -4,10 +4,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
-CONFIG ?= configs/cpu.yaml
-EXTRAS ?= dev,eval
+EXTRAS ?= dev,eval,pipeline,book
+PROFILE ?=
+# dvc runs the stages' `python` from the venv; no usage analytics (no network here).
+DVC    := PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc
 
-.PHONY: install test test-fast reproduce model clean
+.PHONY: install test test-fast data reproduce book model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +36,20 @@ test-fast: $(VENV)/.installed
 model: $(VENV)/.installed
 	$(BIN)/lifealign prepare-model smollm2-135m-instruct
 
-reproduce: $(VENV)/.installed
-	$(BIN)/lifealign run $(CONFIG)
+# data/ from $$LIFEALIGN_DATA_DIR (here ../shared/data/lifealign-release) or the verified pinned download.
+data: $(VENV)/.installed
+	$(BIN)/python -m lifealign.pipeline data
+
+# The whole reproduction of the active profile (params.yaml; PROFILE=quick switches it first).
+# --allow-missing: a fresh clone's committed results count, its missing DVC cache does not.
+reproduce: $(VENV)/.installed data
+	$(if $(PROFILE),$(BIN)/python -m lifealign.pipeline use $(PROFILE))
+	$(DVC) repro --allow-missing
+	$(MAKE) book
+
+# The book of the active profile's committed results (PROFILE=smoke: another profile's); no network.
+book: $(VENV)/.installed
+	$(BIN)/python book/build.py $(if $(PROFILE),--profile $(PROFILE))
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache book/_build book/_generated book/notebooks

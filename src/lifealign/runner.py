@@ -504,7 +504,9 @@ def _read_optional(path):
     return read_json(path) if Path(path).exists() else None
 
 
-def format_summary(results):
+def format_summary(results, timings=True):
+    """The run's matrices and summaries as text; `timings=False` leaves out the (machine-dependent)
+    time and throughput lines, e.g. for notebooks that must rerun to identical outputs."""
     lines = [f"run {results['name']}: method {results['method']['name']} "
              f"({results['method']['loss']}, plugins: {', '.join(results['method']['plugins']) or 'none'}), "
              f"model {results['model']['name']} [{results['model']['precision']}]",
@@ -532,7 +534,7 @@ def format_summary(results):
                      + "  ".join(f"{k} {v:.2f}" for k, v in s.items() if v is not None))
     if results.get("decoding"):
         lines.append(f"decoding: {results['decoding']}")
-    for tr in results["training"]:
+    for tr in results["training"] if timings else []:
         if not tr["stages"]:
             continue
         parts = [f"{st} {v['train_s']:.0f}s {v['tokens_per_s']:.0f} tok/s" for st, v in tr["stages"].items()]

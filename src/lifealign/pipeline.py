@@ -1,0 +1,367 @@
+"""The reproduction pipeline behind `dvc repro`: profiles, experiment groups and notebook runs.
+
+A profile is a run config, configs/<profile>.yaml, plus the grid of its experiment groups in
+params.yaml, which also names the active profile:
+
+    profile: cpu
+    profiles:
+      cpu:
+        matrix:                         # a group: a list of blocks; a block is a product
+          - {methods: [seqft, er, lifealign], orders: [order1], seeds: [0, 1, 2]}
+        sensitivity:
+          - {methods: [lifealign], orders: [order1], seeds: [0], sweep: {method.slmc_lambda: [0.0, 0.8]}}
+
+Each run of a group executes notebooks/experiment.ipynb with papermill. Its folder
+runs/<profile>/<group>/<run id>/ (adapters; DVC cache) resumes after a kill; its small results go to
+results/<profile>/<group>/<run id>/ (results.json, figures, the executed notebook; committed). A
+run whose committed results.json holds the same config is skipped, so a `dvc repro` on another
+machine continues with the runs still missing.
+
+    python -m lifealign.pipeline run matrix        # the group's missing runs, active profile
+    python -m lifealign.pipeline list              # every run of the active profile and its state
+    python -m lifealign.pipeline notebook data     # execute notebooks/data.ipynb into results/
+    python -m lifealign.pipeline use quick         # make `quick` the active profile
+    python -m lifealign.pipeline prepare-model     # convert or download the profile's model
+    python -m lifealign.pipeline data              # materialise data/ (what `make data` runs)
+"""
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .config import ConfigError, load_config
+from .data import DataError
+from .io import read_json, write_text
+
+GROUPS = ("matrix", "ablation", "orders", "sensitivity")
+NOTEBOOKS = ("data", "method", "report")
+PROFILE_ENV = "LIFEALIGN_PROFILE"
+# Keys a run's config may differ in without its results going stale.
+_VOLATILE_KEYS = ("out", "progress", "cache_dir")
+# The modules a run's numbers depend on (the experiment notebook is added): a change to any of them
+# makes every run stale; the report, pipeline and book code do not.
+RUN_CODE = ("analysis.py", "config.py", "consolidation.py", "data.py", "evaluation.py", "generation.py", "io.py",
+            "judge.py", "losses.py", "metrics.py", "models.py", "reference.py", "runner.py", "strategies",
+            "training.py")
+
+
+def repo_root():
+    return Path(__file__).resolve().parents[2]
+
+
+# ---------------------------------------------------------------- profiles and the grid
+def load_params(path=None):
+    path = Path(path or repo_root() / "params.yaml")
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist")
+    return yaml.safe_load(path.read_text())
+
+
+def active_profile(params, name=None):
+    """(name, profile): `name`, else $LIFEALIGN_PROFILE, else params.yaml's `profile`."""
+    name = name or os.environ.get(PROFILE_ENV) or params.get("profile")
+    profiles = params.get("profiles", {})
+    if name not in profiles:
+        raise ConfigError(f"params.yaml: profile {name!r} is not defined; defined: {', '.join(profiles)}")
+    return name, profiles[name]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    group: str
+    method: str
+    order: str
+    seed: int
+    sweep: tuple = field(default=())  # ((key, value), ...)
+
+    @property
+    def id(self):
+        tags = "".join(f"-{key.rsplit('.', 1)[-1]}{value}" for key, value in self.sweep)
+        order = f"-{self.order}" if self.order else ""  # None: the config's own order
+        return f"{self.method}{order}-s{self.seed}{tags}"
+
+    def overrides(self):
+        order = [("data.order", self.order)] if self.order else []
+        return [("method.name", self.method), *order, ("seed", self.seed), *self.sweep]
+
+
+def grid(profile, group):
+    """Every run of a group: the union of its blocks' products, in order, without repeats."""
+    if group not in GROUPS:
+        raise ConfigError(f"unknown group {group!r}; groups: {', '.join(GROUPS)}")
+    runs = []
+    for i, block in enumerate(profile.get(group) or []):
+        unknown = set(block) - {"methods", "orders", "seeds", "sweep"}
+        if unknown:
+            raise ConfigError(f"params.yaml: {group}[{i}] has unknown keys {sorted(unknown)}")
+        sweeps = [[()]] + [[((key, v),) for v in values] for key, values in (block.get("sweep") or {}).items()]
+        for method, order, seed, *sweep in itertools.product(block["methods"], block.get("orders", [None]),
+                                                             block.get("seeds", [0]), *sweeps):
+            spec = RunSpec(group, method, order, int(seed), tuple(kv for part in sweep for kv in part))
+            if spec not in runs:
+                runs.append(spec)
+    return runs
+
+
+def config_path(profile_name):
+    """The profile's run config, relative to the repository root."""
+    return f"configs/{profile_name}.yaml"
+
+
+def run_overrides(profile_name, spec):
+    """The overrides the experiment notebook applies to the profile's config for one run (paths
+    relative to the repository root, where the notebooks run). Data come from data/ (`make data`)."""
+    values = {"data.dir": "data", **dict(spec.overrides())}
+    values.update({"name": f"{profile_name}/{spec.group}/{spec.id}",
+                   "out": f"runs/{profile_name}/{spec.group}/{spec.id}", "progress": False})
+    return values
+
+
+def run_config(profile_name, spec, root=None):
+    root = Path(root or repo_root())
+    return load_config(root / config_path(profile_name), run_overrides(profile_name, spec).items())
+
+
+def run_dir(profile_name, spec, root=None):
+    return Path(root or repo_root()) / "runs" / profile_name / spec.group / spec.id
+
+
+def results_dir(profile_name, spec, root=None):
+    return Path(root or repo_root()) / "results" / profile_name / spec.group / spec.id
+
+
+def _comparable(config):
+    return {k: v for k, v in config.items() if k not in _VOLATILE_KEYS}
+
+
+def run_code_digest(root=None):
+    """SHA-256 over the run code (RUN_CODE) and the experiment notebook, file by file."""
+    root = Path(root or repo_root())
+    package = root / "src" / "lifealign"
+    files = [root / "notebooks" / "experiment.ipynb"]
+    for name in RUN_CODE:
+        path = package / name
+        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for path in files:
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def is_done(profile_name, spec, root=None):
+    """A run is done when its committed results were made with the config it would run now and
+    with the same run code."""
+    folder = results_dir(profile_name, spec, root)
+    if not (folder / "results.json").exists() or not (folder / "provenance.json").exists():
+        return False
+    saved = read_json(folder / "results.json").get("config", {})
+    return (read_json(folder / "provenance.json").get("run_code") == run_code_digest(root)
+            and _comparable(saved) == _comparable(run_config(profile_name, spec, root).to_dict()))
+
+
+# ---------------------------------------------------------------- notebooks
+def strip_notebook(path):
+    """Drop what changes from one execution to the next (timestamps, durations, random cell ids,
+    papermill's run record), so that rerunning an unchanged stage writes an identical file."""
+    nb = json.loads(Path(path).read_text())
+    nb.get("metadata", {}).pop("papermill", None)
+    nb.get("metadata", {}).pop("widgets", None)
+    for i, cell in enumerate(nb.get("cells", [])):
+        cell["id"] = f"cell-{i}"
+        meta = cell.get("metadata", {})
+        meta.pop("papermill", None)
+        meta.pop("execution", None)
+        meta.pop("ExecuteTime", None)
+        for output in cell.get("outputs", []):
+            output.get("metadata", {}).pop("execution", None)
+    write_text(path, json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def execute_notebook(name, output, parameters, root=None):
+    """Execute notebooks/<name>.ipynb with papermill (cwd = repo root) and strip the result."""
+    import papermill
+
+    root = Path(root or repo_root())
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(str(root / "notebooks" / f"{name}.ipynb"), str(output), parameters=parameters,
+                               cwd=str(root), kernel_name="python3", progress_bar=False, log_output=False)
+    strip_notebook(output)
+    return output
+
+
+def run_one(profile_name, spec, root=None):
+    """Execute the experiment notebook for one run, then copy its small results into results/."""
+    root = Path(root or repo_root())
+    out_dir, res_dir = run_dir(profile_name, spec, root), results_dir(profile_name, spec, root)
+    notebook = out_dir / "experiment.ipynb"
+    digest = run_code_digest(root)
+    stamp, saved = out_dir / "run_code.txt", out_dir / "config.json"
+    config = _comparable(run_config(profile_name, spec, root).to_dict())
+    if out_dir.exists() and (not stamp.exists() or stamp.read_text().strip() != digest
+                             or (saved.exists() and _comparable(read_json(saved)) != config)):
+        shutil.rmtree(out_dir)  # tasks finished by other code or another config must not be resumed
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(stamp, digest + "\n")
+    execute_notebook("experiment", notebook, {"config": config_path(profile_name),
+                                              "overrides": run_overrides(profile_name, spec)}, root)
+    tmp = res_dir.with_name(res_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for item in ("results.json", "analysis.json", "figures"):
+        src = out_dir / item
+        if src.is_dir():
+            shutil.copytree(src, tmp / item)
+        elif src.exists():
+            shutil.copy2(src, tmp / item)
+    shutil.copy2(notebook, tmp / "experiment.ipynb")
+    write_text(tmp / "provenance.json", json.dumps({"run_code": digest, "run_id": spec.id, "group": spec.group,
+                                                    "profile": profile_name}, indent=1) + "\n")
+    shutil.rmtree(res_dir, ignore_errors=True)
+    os.replace(tmp, res_dir)
+    return res_dir
+
+
+def run_group(group, profile_name=None, params=None, root=None, log=print):
+    """Run the group's runs that are not done yet, one after the other; each finished run's results
+    land in results/ at once (a kill loses at most the run in progress, which resumes per task)."""
+    root = Path(root or repo_root())
+    params = params or load_params(root / "params.yaml")
+    profile_name, profile = active_profile(params, profile_name)
+    specs = grid(profile, group)
+    if not (root / config_path(profile_name)).exists():
+        raise ConfigError(f"profile {profile_name}: {config_path(profile_name)} does not exist")
+    (root / "results" / profile_name / group).mkdir(parents=True, exist_ok=True)
+    (root / "runs" / profile_name / group).mkdir(parents=True, exist_ok=True)
+    for i, spec in enumerate(specs, 1):
+        if is_done(profile_name, spec, root):
+            log(f"[{group} {i}/{len(specs)}] {spec.id}: done, skipped")
+            continue
+        log(f"[{group} {i}/{len(specs)}] {spec.id}: running")
+        run_one(profile_name, spec, root)
+        log(f"[{group} {i}/{len(specs)}] {spec.id}: finished -> {results_dir(profile_name, spec, root)}")
+    _prune(root / "results" / profile_name / group, {s.id for s in specs}, log)
+
+
+def _prune(folder, keep, log):
+    """Results of runs no longer in the group (the grid changed) are removed, so the report shows
+    exactly the active grid."""
+    for path in sorted(folder.iterdir()):
+        if path.is_dir() and path.name not in keep:
+            log(f"removing {path}: no longer in the grid")
+            shutil.rmtree(path)
+
+
+def run_notebook(name, profile_name=None, params=None, root=None):
+    """Execute notebooks/<name>.ipynb for the active profile into results/<profile>/notebooks/."""
+    root = Path(root or repo_root())
+    params = params or load_params(root / "params.yaml")
+    profile_name, profile = active_profile(params, profile_name)
+    active_profile(params, profile_name)
+    output = root / "results" / profile_name / "notebooks" / f"{name}.ipynb"
+    return execute_notebook(name, output, {"profile": profile_name}, root)
+
+
+def prepare_model(profile_name=None, params=None, root=None):
+    """Convert (SmolLM2 GGUF) or download (a Hub id) the profile's model into the local cache and
+    record what was prepared: results/<profile>/model.json with the weights' fingerprint."""
+    from .models import load_model, model_fingerprint
+
+    root = Path(root or repo_root())
+    params = params or load_params(root / "params.yaml")
+    profile_name, _ = active_profile(params, profile_name)
+    cfg = load_config(root / config_path(profile_name))
+    model, _ = load_model(cfg.model.name)
+    record = {"name": cfg.model.name, "fingerprint": model_fingerprint(cfg.model.name, model),
+              "parameters": sum(p.numel() for p in model.parameters())}
+    path = root / "results" / profile_name / "model.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def materialize_data(dest="data"):
+    """Fill `dest` with the task release: a copy of $LIFEALIGN_DATA_DIR (or ../shared/data/
+    lifealign-release) when one is reachable, else the verified pinned download. Files already
+    there with the right content are kept."""
+    from .data import BLOB_SHA1, DataError, default_data_dir, download_release, git_blob_sha1
+
+    dest = Path(dest)
+    source = default_data_dir()
+    if source is not None and source.resolve() != dest.resolve():
+        for path in sorted(source.rglob("*")):
+            target = dest / path.relative_to(source)
+            if path.is_file() and (not target.exists() or target.read_bytes() != path.read_bytes()):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+        return f"copied {source} -> {dest}"
+    try:
+        download_release(dest)
+    except DataError as err:
+        raise DataError(f"no task data for {dest}/: set LIFEALIGN_DATA_DIR to a copy of the LifeAlign data "
+                        f"release (on these machines ../shared/data/lifealign-release), or allow access to "
+                        f"raw.githubusercontent.com for the verified download ({err})") from None
+    bad = [f"{t}/{s}" for (t, s), sha in BLOB_SHA1.items()
+           if git_blob_sha1((dest / t / f"{s}.json").read_bytes()) != sha]
+    if bad:
+        raise DataError(f"{dest}: files do not match the pinned release: {', '.join(bad)}")
+    return f"downloaded the pinned release into {dest}"
+
+
+def use_profile(name, root=None):
+    """Set `profile:` in params.yaml, keeping the rest of the file (comments included) as it is."""
+    path = Path(root or repo_root()) / "params.yaml"
+    text = path.read_text()
+    active_profile(yaml.safe_load(text), name)  # must exist
+    new, n = re.subn(r"(?m)^profile:.*$", f"profile: {name}", text, count=1)
+    if n != 1:
+        raise ConfigError(f"{path}: no top-level 'profile:' line")
+    write_text(path, new)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m lifealign.pipeline", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the missing runs of an experiment group")
+    r.add_argument("group", choices=GROUPS)
+    n = sub.add_parser("notebook", help="execute a notebook for the active profile")
+    n.add_argument("name", choices=NOTEBOOKS)
+    sub.add_parser("list", help="every run of the active profile and whether it is done")
+    sub.add_parser("prepare-model", help="convert or download the active profile's model")
+    d = sub.add_parser("data", help="materialise data/ from $LIFEALIGN_DATA_DIR or the pinned download")
+    d.add_argument("--dest", default="data")
+    u = sub.add_parser("use", help="make a profile the active one (edits params.yaml)")
+    u.add_argument("name")
+    for q in (r, n, sub.choices["list"], sub.choices["prepare-model"]):
+        q.add_argument("--profile", default=None, help=f"default: ${PROFILE_ENV} or params.yaml's profile")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "run":
+            run_group(args.group, args.profile)
+        elif args.command == "notebook":
+            print(run_notebook(args.name, args.profile))
+        elif args.command == "use":
+            use_profile(args.name)
+        elif args.command == "prepare-model":
+            print(prepare_model(args.profile))
+        elif args.command == "data":
+            print(materialize_data(args.dest))
+        else:
+            name, profile = active_profile(load_params(), args.profile)
+            for group in GROUPS:
+                for spec in grid(profile, group):
+                    print(f"{group:12s} {spec.id:45s} {'done' if is_done(name, spec) else 'missing'}")
+    except (ConfigError, DataError) as err:
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()

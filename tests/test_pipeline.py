@@ -1,0 +1,214 @@
+"""The reproduction pipeline: profiles and grids, skipping finished runs, notebook stripping, data
+materialisation, and the whole `dvc repro` of the smoke profile in a temporary copy of the repo."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lifealign import pipeline
+from lifealign.config import ConfigError
+from lifealign.data import DataError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_profile_expands_to_valid_runs():
+    params = pipeline.load_params(ROOT / "params.yaml")
+    assert params["profile"] == "cpu"  # the default the issue asks for
+    for name in ("smoke", "cpu", "quick", "paper"):
+        _, profile = pipeline.active_profile(params, name)
+        specs = [s for g in pipeline.GROUPS for s in pipeline.grid(profile, g)]
+        assert specs and len({(s.group, s.id) for s in specs}) == len(specs)
+        for spec in specs[:3] + specs[-2:]:
+            cfg = pipeline.run_config(name, spec, ROOT)  # every config resolves
+            assert cfg.method.name == spec.method and cfg.data.dir == "data" and cfg.seed == spec.seed
+            assert cfg.out == f"runs/{name}/{spec.group}/{spec.id}"
+
+
+def test_grid_is_a_product_with_sweeps_and_no_repeats():
+    profile = {"matrix": [{"methods": ["seqft", "er"], "orders": ["order1", "order2"], "seeds": [0, 1]},
+                          {"methods": ["er"], "orders": ["order1"], "seeds": [0]}],
+               "sensitivity": [{"methods": ["lifealign"], "seeds": [3], "sweep": {"method.slmc_lambda": [0.0, 1.0]}}]}
+    matrix = pipeline.grid(profile, "matrix")
+    assert len(matrix) == 8 and matrix[0].id == "seqft-order1-s0" and matrix[-1].id == "er-order2-s1"
+    sweep = pipeline.grid(profile, "sensitivity")
+    assert [s.id for s in sweep] == ["lifealign-s3-slmc_lambda0.0", "lifealign-s3-slmc_lambda1.0"]
+    assert ("method.slmc_lambda", 1.0) in sweep[1].overrides() and all(k != "data.order" for k, _ in sweep[1].overrides())
+    assert pipeline.grid({}, "orders") == []
+    with pytest.raises(ConfigError, match=r"matrix\[0\] has unknown keys \['seed'\]"):
+        pipeline.grid({"matrix": [{"methods": ["er"], "seed": [0]}]}, "matrix")
+    with pytest.raises(ConfigError, match="unknown group"):
+        pipeline.grid(profile, "nonsense")
+
+
+def test_active_profile_from_argument_environment_or_file(monkeypatch):
+    params = {"profile": "cpu", "profiles": {"cpu": {}, "quick": {}}}
+    monkeypatch.delenv(pipeline.PROFILE_ENV, raising=False)
+    assert pipeline.active_profile(params)[0] == "cpu"
+    monkeypatch.setenv(pipeline.PROFILE_ENV, "quick")
+    assert pipeline.active_profile(params)[0] == "quick"
+    assert pipeline.active_profile(params, "cpu")[0] == "cpu"
+    with pytest.raises(ConfigError, match="profile 'gpu' is not defined; defined: cpu, quick"):
+        pipeline.active_profile(params, "gpu")
+
+
+def test_use_profile_changes_only_the_profile_line(tmp_path):
+    text = "# keep me\nprofile: cpu  # a comment\nprofiles:\n  cpu: {}\n  quick: {}\n"
+    (tmp_path / "params.yaml").write_text(text)
+    pipeline.use_profile("quick", tmp_path)
+    assert (tmp_path / "params.yaml").read_text() == text.replace("profile: cpu  # a comment", "profile: quick")
+    with pytest.raises(ConfigError, match="not defined"):
+        pipeline.use_profile("paper", tmp_path)
+
+
+def _fake_repo(tmp_path):
+    """configs/, notebooks/experiment.ipynb and the run code, as the pipeline's digest reads them."""
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    (tmp_path / "notebooks").mkdir()
+    shutil.copy(ROOT / "notebooks" / "experiment.ipynb", tmp_path / "notebooks")
+    shutil.copytree(ROOT / "src" / "lifealign", tmp_path / "src" / "lifealign")
+    return tmp_path
+
+
+def test_a_run_is_done_only_with_the_same_config_and_run_code(tmp_path):
+    root = _fake_repo(tmp_path)
+    spec = pipeline.RunSpec("matrix", "er", "order1", 0)
+    folder = pipeline.results_dir("smoke", spec, root)
+    assert not pipeline.is_done("smoke", spec, root)
+    folder.mkdir(parents=True)
+    config = pipeline.run_config("smoke", spec, root).to_dict()
+    (folder / "results.json").write_text(json.dumps({"config": dict(config, out="elsewhere", progress=True)}))
+    (folder / "provenance.json").write_text(json.dumps({"run_code": pipeline.run_code_digest(root)}))
+    assert pipeline.is_done("smoke", spec, root)  # out / progress do not matter
+    config["pref"]["lr"] = 0.5
+    (folder / "results.json").write_text(json.dumps({"config": config}))
+    assert not pipeline.is_done("smoke", spec, root)  # another config: stale
+    (folder / "results.json").write_text(json.dumps({"config": pipeline.run_config("smoke", spec, root).to_dict()}))
+    assert pipeline.is_done("smoke", spec, root)
+    with open(root / "src" / "lifealign" / "losses.py", "a") as f:
+        f.write("\n# a change to the run code\n")
+    assert not pipeline.is_done("smoke", spec, root)  # other code: stale
+    (root / "src" / "lifealign" / "report.py").write_text("# report code is not run code\n")
+    (folder / "provenance.json").write_text(json.dumps({"run_code": pipeline.run_code_digest(root)}))
+    assert pipeline.is_done("smoke", spec, root)
+
+
+def test_strip_notebook_drops_what_changes_between_executions(tmp_path):
+    nb = {"cells": [{"cell_type": "code", "id": "f00d1e", "source": [], "execution_count": 1,
+                     "metadata": {"papermill": {"duration": 1.5, "start_time": "2026"}, "execution": {"x": 1},
+                                  "tags": ["parameters"]},
+                     "outputs": [{"output_type": "stream", "name": "stdout", "text": ["hi\n"]}]}],
+          "metadata": {"papermill": {"start_time": "2026-11-30", "duration": 3.0}, "kernelspec": {"name": "python3"}},
+          "nbformat": 4, "nbformat_minor": 5}
+    path = tmp_path / "x.ipynb"
+    path.write_text(json.dumps(nb))
+    pipeline.strip_notebook(path)
+    out = json.loads(path.read_text())
+    assert "papermill" not in out["metadata"] and out["metadata"]["kernelspec"] == {"name": "python3"}
+    cell = out["cells"][0]
+    assert cell["id"] == "cell-0" and cell["metadata"] == {"tags": ["parameters"]}
+    assert cell["outputs"][0]["text"] == ["hi\n"]
+    first = path.read_bytes()
+    pipeline.strip_notebook(path)
+    assert path.read_bytes() == first
+
+
+def test_materialize_data_copies_the_release_or_says_what_to_do(fake_release, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIFEALIGN_DATA_DIR", str(fake_release))
+    dest = tmp_path / "data"
+    assert "copied" in pipeline.materialize_data(dest)
+    files = sorted(p.relative_to(fake_release) for p in fake_release.rglob("*.json"))
+    assert files and sorted(p.relative_to(dest) for p in dest.rglob("*.json")) == files
+    assert all((dest / f).read_bytes() == (fake_release / f).read_bytes() for f in files)
+
+    monkeypatch.delenv("LIFEALIGN_DATA_DIR")
+    monkeypatch.setattr("lifealign.data.default_data_dir", lambda: None)
+
+    def offline(dest, **kw):
+        raise DataError("https://raw.githubusercontent.com/...: connection refused")
+
+    monkeypatch.setattr("lifealign.data.download_release", offline)
+    with pytest.raises(DataError, match="set LIFEALIGN_DATA_DIR.*connection refused"):
+        pipeline.materialize_data(tmp_path / "elsewhere")
+
+
+def _data_dir():
+    from lifealign.data import default_data_dir
+
+    try:
+        return default_data_dir()
+    except DataError:
+        return None
+
+
+def _run(cmd, cwd, env, timeout=1800):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.slow  # the whole smoke pipeline twice, ~5 minutes
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_smoke_pipeline_end_to_end(tmp_path):
+    """`dvc repro` of the smoke profile in a copy of the repository: every stage runs, writes its
+    committed outputs and stripped notebooks; a second `dvc repro` reruns nothing; a removed run's
+    results are recomputed alone."""
+    data = _data_dir()
+    if data is None:
+        pytest.skip("no data release (set LIFEALIGN_DATA_DIR)")
+    repo = tmp_path / "repo"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for name in files:
+        src = ROOT / name
+        if src.is_file() and not name.startswith(("results/", "runs/")):
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, repo / name)
+    bin_dir = str(Path(sys.executable).parent)
+    env = dict(os.environ, PATH=bin_dir + os.pathsep + os.environ["PATH"], LIFEALIGN_DATA_DIR=str(data),
+               LIFEALIGN_CACHE=str(tmp_path / "cache"), DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t",
+               GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    env.pop(pipeline.PROFILE_ENV, None)
+    dvc = [str(Path(bin_dir) / "dvc")]
+    _run(["git", "init", "-q"], repo, env)
+    _run([sys.executable, "-m", "lifealign.pipeline", "use", "smoke"], repo, env)
+    _run([sys.executable, "-m", "lifealign.pipeline", "data"], repo, env)
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-qm", "smoke"], repo, env)
+
+    log = _run(dvc + ["repro", "--allow-missing"], repo, env)
+    out = repo / "results" / "smoke"
+    profile = yaml.safe_load((repo / "params.yaml").read_text())["profiles"]["smoke"]
+    for group in pipeline.GROUPS:
+        for spec in pipeline.grid(profile, group):
+            folder = out / group / spec.id
+            assert (folder / "results.json").exists() and (folder / "provenance.json").exists(), log[-3000:]
+            assert (folder / "figures" / "matrices.png").stat().st_size > 0
+    for name in ("data", "method", "report"):
+        nb = json.loads((out / "notebooks" / f"{name}.ipynb").read_text())
+        assert "papermill" not in nb["metadata"] and all(c["id"] == f"cell-{i}" for i, c in enumerate(nb["cells"]))
+        errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        assert not errors
+    report = out / "report"
+    for name in ("main_table", "judge_free", "ablation", "orders", "sensitivity", "verdicts", "compute"):
+        assert (report / f"{name}.md").read_text().count("|") > 4
+    for name in ("heatmaps", "forgetting", "orders", "sensitivity"):
+        assert (report / "figures" / f"{name}.png").stat().st_size > 0
+    assert "SeqFT" in (report / "main_table.md").read_text() and "paper" in (report / "main_table.md").read_text()
+    assert (out / "data" / "sizes.md").exists() and (out / "method" / "focal.png").exists()
+    before = {p: p.read_bytes() for p in out.rglob("*.ipynb")}
+
+    log = _run(dvc + ["repro", "--allow-missing"], repo, env)  # nothing changed: nothing runs
+    assert "Running stage" not in log, log[-3000:]
+    assert {p: p.read_bytes() for p in out.rglob("*.ipynb")} == before
+
+    removed = pipeline.grid(profile, "orders")[0]
+    shutil.rmtree(out / "orders" / removed.id)
+    log = _run(dvc + ["repro", "--allow-missing"], repo, env)
+    assert f"{removed.id}: running" in log and log.count(": done, skipped") == len(pipeline.grid(profile, "orders")) - 1
+    assert (out / "orders" / removed.id / "results.json").exists()
