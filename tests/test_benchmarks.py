@@ -52,6 +52,10 @@ def test_benchmarks_smoke(fake_release, tmp_path):
     assert [s["stage"] for s in doc["run"]["stages"]] == ["sft", "pref"]
     assert all(s["share_pct"] >= 0 for s in doc["run"]["stages"]) and "slmc" in doc["run"]["state_bytes"][0]
 
+    doc = run("gpu_preference.py", tmp_path, env)  # the GPU check's machinery, on a 2-layer Qwen2 on the CPU
+    r = doc["results"]["smoke"]
+    assert r["pair_tokens"] > r["processed_tokens"] > 0 and r["tokens_per_s"] > 0 and r["model_tflops"] > 0
+
     doc = run("hardware_limit.py", tmp_path, env, "--from", str(tmp_path / "preference_throughput.json"),
               str(tmp_path / "eval_throughput.json"))
     assert doc["peak_gflops"]["bf16"] > 0 and doc["peak_gflops"]["fp32"] > 0

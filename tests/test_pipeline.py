@@ -206,6 +206,8 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     log = _run(dvc + ["repro", "--allow-missing"], repo, env)  # nothing changed: nothing runs
     assert "Running stage" not in log, log[-3000:]
     assert {p: p.read_bytes() for p in out.rglob("*.ipynb")} == before
+    _run(dvc + ["repro", "--allow-missing", "-f", "-s", "report"], repo, env)  # rerun: the same bytes
+    assert (out / "notebooks" / "report.ipynb").read_bytes() == before[out / "notebooks" / "report.ipynb"]
 
     removed = pipeline.grid(profile, "orders")[0]
     shutil.rmtree(out / "orders" / removed.id)
