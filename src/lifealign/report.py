@@ -25,6 +25,7 @@ METRIC_NAMES = {
 }
 PAPER_METRICS = ("bleu4", "rougel", "judge")
 SUMMARY_KEYS = ("bwt", "last", "ap")
+SUMMARY_LABELS = {"bwt": "BWT", "last": "Last", "ap": "AP", "fwt": "FWT", "forgetting": "forgetting"}
 MAIN_METHODS = ("seqft", "l2p", "olora", "er", "gem", "agem", "ewc", "cppo", "lifealign", "stl", "mtl")
 LABELS = {"seqft": "SeqFT", "l2p": "L2P", "olora": "O-LoRA", "er": "ER", "gem": "GEM", "agem": "A-GEM",
           "ewc": "EWC", "cppo": "CPPO", "lifealign": "LifeAlign", "stl": "STL", "mtl": "MTL",
@@ -141,6 +142,11 @@ def fmt(value, digits=2, signed=False):
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
+def col(metric, key, *words):
+    """A column name such as 'BLEU-4 BWT paper'."""
+    return " ".join([METRIC_NAMES.get(metric, metric), SUMMARY_LABELS.get(key, key), *words])
+
+
 def fmt_stats(s, digits=2):
     if s["mean"] is None:
         return "–"
@@ -172,10 +178,12 @@ def main_table(runs, paper_dir, metrics=("bleu4", "rougel")):
                 ours = method_stats(runs, method, metric, key, groups=("matrix",))
                 theirs = paper.get(method, {}).get((metric, key))
                 diff = ours["mean"] - theirs if ours["mean"] is not None and theirs is not None else None
-                row.update({f"{key.upper()} ours": fmt_stats(ours), f"{key.upper()} paper": fmt(theirs),
-                            f"{key.upper()} diff": fmt(diff, signed=True)})
+                label = SUMMARY_LABELS[key]
+                row.update({f"{label} ours": fmt_stats(ours), f"{label} paper": fmt(theirs),
+                            f"{label} diff": fmt(diff, signed=True)})
             rows.append(row)
-    columns = ["method", "metric", "seeds"] + [f"{k.upper()} {w}" for k in SUMMARY_KEYS for w in ("ours", "paper", "diff")]
+    columns = ["method", "metric", "seeds"] + [f"{SUMMARY_LABELS[k]} {w}" for k in SUMMARY_KEYS
+                                               for w in ("ours", "paper", "diff")]
     return rows, columns
 
 
@@ -189,9 +197,9 @@ def judge_free_table(runs, metrics=("reward_accuracy", "loglik_accuracy")):
         row = {"method": LABELS[method], "seeds": len(chosen)}
         for metric in metrics:
             for key in SUMMARY_KEYS + ("forgetting",):
-                row[f"{metric} {key}"] = fmt_stats(method_stats(runs, method, metric, key, groups=("matrix",)))
+                row[col(metric, key)] = fmt_stats(method_stats(runs, method, metric, key, groups=("matrix",)))
         rows.append(row)
-    columns = ["method", "seeds"] + [f"{m} {k}" for m in metrics for k in SUMMARY_KEYS + ("forgetting",)]
+    columns = ["method", "seeds"] + [col(m, k) for m in metrics for k in SUMMARY_KEYS + ("forgetting",)]
     return rows, columns
 
 
@@ -205,16 +213,16 @@ def ablation_table(runs, paper_dir, metrics=("reward_accuracy", "bleu4")):
         for metric in metrics:
             for key in ("bwt", "last", "ap"):
                 ours = method_stats(runs, method, metric, key)
-                row[f"{metric} {key} ours"] = fmt_stats(ours)
+                row[col(metric, key, "ours")] = fmt_stats(ours)
                 if metric in ("bleu4", "judge"):
                     theirs = _num(paper[letter].get(f"{metric}_{key}"))
-                    row[f"{metric} {key} paper"] = fmt(theirs)
-                    row[f"{metric} {key} diff"] = fmt(ours["mean"] - theirs if ours["mean"] is not None
-                                                      and theirs is not None else None, signed=True)
+                    row[col(metric, key, "paper")] = fmt(theirs)
+                    row[col(metric, key, "diff")] = fmt(ours["mean"] - theirs if ours["mean"] is not None
+                                                        and theirs is not None else None, signed=True)
         rows.append(row)
     columns = ["row", "FPO", "SLMC", "method", "seeds"] + [
-        c for m in metrics for k in ("bwt", "last", "ap")
-        for c in ([f"{m} {k} ours", f"{m} {k} paper", f"{m} {k} diff"] if m in ("bleu4", "judge") else [f"{m} {k} ours"])]
+        col(m, k, w) for m in metrics for k in ("bwt", "last", "ap")
+        for w in (("ours", "paper", "diff") if m in ("bleu4", "judge") else ("ours",))]
     return rows, columns
 
 
@@ -227,14 +235,14 @@ def orders_table(runs, paper_dir, metric="reward_accuracy", paper_metric="bleu4"
             row = {"order": order, "method": LABELS[method]}
             for key in ("bwt", "last"):
                 ours = method_stats(runs, method, metric, key, order=order, groups=("matrix", "orders"))
-                row[f"{metric} {key} ours"] = fmt_stats(ours)
+                row[col(metric, key, "ours")] = fmt_stats(ours)
                 p = paper.get((f"{paper_metric}_{key}", order))
-                row[f"paper {paper_metric} {key}"] = fmt(_num(p[LABELS[method]])) if p else "–"
+                row[col(paper_metric, key, "paper")] = fmt(_num(p[LABELS[method]])) if p else "–"
                 ours_gen = method_stats(runs, method, paper_metric, key, order=order, groups=("matrix", "orders"))
-                row[f"{paper_metric} {key} ours"] = fmt_stats(ours_gen)
+                row[col(paper_metric, key, "ours")] = fmt_stats(ours_gen)
             rows.append(row)
-    columns = ["order", "method"] + [f"{metric} {k} ours" for k in ("bwt", "last")] + \
-              [c for k in ("bwt", "last") for c in (f"{paper_metric} {k} ours", f"paper {paper_metric} {k}")]
+    columns = ["order", "method"] + [col(metric, k, "ours") for k in ("bwt", "last")] + \
+              [col(paper_metric, k, w) for k in ("bwt", "last") for w in ("ours", "paper")]
     return rows, columns
 
 
@@ -259,10 +267,11 @@ def sensitivity_table(runs, paper_dir, default_lambda, default_theta, metric="re
         for value, s in sweep_points(runs, key, default, metric):
             p = paper.get(float(value)) if key == "slmc_lambda" else None
             rows.append({"setting": "lambda" if key == "slmc_lambda" else "theta", "value": value,
-                         f"{metric} bwt": fmt_stats(s["bwt"]), f"{metric} last": fmt_stats(s["last"]),
-                         "paper judge bwt": fmt(_num(p["judge_bwt"])) if p else "–",
-                         "paper rougel last": fmt(_num(p["rougel_last"])) if p else "–"})
-    return rows, ["setting", "value", f"{metric} bwt", f"{metric} last", "paper judge bwt", "paper rougel last"]
+                         col(metric, "bwt", "ours"): fmt_stats(s["bwt"]), col(metric, "last", "ours"): fmt_stats(s["last"]),
+                         col("judge", "bwt", "paper"): fmt(_num(p["judge_bwt"])) if p else "–",
+                         col("rougel", "last", "paper"): fmt(_num(p["rougel_last"])) if p else "–"})
+    return rows, ["setting", "value", col(metric, "bwt", "ours"), col(metric, "last", "ours"),
+                  col("judge", "bwt", "paper"), col("rougel", "last", "paper")]
 
 
 def compute_table(runs):
