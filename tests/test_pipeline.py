@@ -171,6 +171,7 @@ def test_smoke_pipeline_end_to_end(tmp_path):
             shutil.copy2(src, repo / name)
     bin_dir = str(Path(sys.executable).parent)
     env = dict(os.environ, PATH=bin_dir + os.pathsep + os.environ["PATH"], LIFEALIGN_DATA_DIR=str(data),
+               PYTHONPATH=str(repo / "src"),  # the copy's code, not the installed checkout's
                LIFEALIGN_CACHE=str(tmp_path / "cache"), DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t",
                GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
     env.pop(pipeline.PROFILE_ENV, None)

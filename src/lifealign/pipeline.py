@@ -54,6 +54,12 @@ RUN_CODE = ("analysis.py", "config.py", "consolidation.py", "data.py", "evaluati
 
 
 def repo_root():
+    """The repository the command runs in: the nearest folder up from the working directory that
+    holds params.yaml and dvc.yaml (DVC and papermill run there), else this package's checkout."""
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "params.yaml").is_file() and (folder / "dvc.yaml").is_file():
+            return folder
     return Path(__file__).resolve().parents[2]
 
 

@@ -84,6 +84,13 @@ def stats(values):
     return {"mean": mean, "sd": sd, "n": n, "values": values}
 
 
+def methods_of(runs):
+    """The methods of the runs in a fixed order (the main table's, then by name): iteration order
+    must not depend on hashing, or a rerun of the report would not give identical files."""
+    found = {r.method for r in runs}
+    return [m for m in MAIN_METHODS if m in found] + sorted(found - set(MAIN_METHODS))
+
+
 def method_stats(runs, method, metric, key, order="order1", groups=("matrix", "ablation")):
     return stats([r.summary(metric, key) for r in select(runs, groups, method, order)])
 
@@ -91,7 +98,7 @@ def method_stats(runs, method, metric, key, order="order1", groups=("matrix", "a
 def pooled_sd(runs, metric, key):
     """Seed spread pooled over every method with two or more seeds (order1, default settings)."""
     num, dof = 0.0, 0
-    for method in {r.method for r in runs}:
+    for method in methods_of(runs):
         s = method_stats(runs, method, metric, key)
         if s["n"] > 1:
             num += s["sd"] ** 2 * (s["n"] - 1)
@@ -294,7 +301,7 @@ def compute_table(runs):
 def verdicts(runs, metric="reward_accuracy"):
     """One row per headline claim of the paper, with our evidence on `metric` and a verdict."""
     pooled = {k: pooled_sd(runs, metric, k) for k in ("bwt", "last")}
-    s = {m: {k: method_stats(runs, m, metric, k) for k in ("bwt", "last")} for m in set(r.method for r in runs)}
+    s = {m: {k: method_stats(runs, m, metric, k) for k in ("bwt", "last")} for m in methods_of(runs)}
     rows = []
 
     def add(claim, evidence, verdict, seeds):
@@ -375,7 +382,7 @@ def verdicts(runs, metric="reward_accuracy"):
 def numbers(runs, metric="reward_accuracy"):
     """Named values the book's prose quotes (glued from the report notebook)."""
     out = {}
-    for method in {r.method for r in runs}:
+    for method in methods_of(runs):
         for key in ("bwt", "last", "ap"):
             s = method_stats(runs, method, metric, key)
             if s["mean"] is not None:
