@@ -468,6 +468,26 @@ def write_performance():
     write("perf_machinery.md", text)
 
 
+# ---------------------------------------------------------------- calibration (benchmarks/calibration.py)
+def write_calibration():
+    """Does SeqFT forget at the cpu scale? The probes' matrices, condensed to one row per probe."""
+    path = ROOT / "benchmarks" / "results" / "calibration.json"
+    if not path.exists():
+        write("calibration.md", "`benchmarks/results/calibration.json` is not there yet: run "
+                                "`.venv/bin/python benchmarks/calibration.py` (hours on two cores), then `make book`.\n")
+        return
+    probes = json.loads(path.read_text())["probes"].values()
+    rows = []
+    for pr in probes:
+        cells = "; ".join(f"{short(t['task'])} {t['diagonal']:.0f} ± {t['diagonal_se']:.0f} → {t['final']:.0f}"
+                          for t in pr["tasks"])
+        rows.append({"probe": f"`{pr['probe']}`", "what changes": pr["what"],
+                     "pairs (train / test)": f"{pr['n_train']} / {pr['n_test']}",
+                     "BWT": report.fmt(pr["bwt"], signed=True), "largest drop": report.fmt(pr["largest_drop"], signed=True),
+                     "each task: after its training ± se → at the end": cells})
+    write("calibration.md", md_table(rows, list(rows[0])))
+
+
 # ---------------------------------------------------------------- step 3: build
 def jupyter_book():
     exe = Path(sys.executable).parent / "jupyter-book"
@@ -500,6 +520,7 @@ def main(argv=None):
     write_numbers(results)
     write_run_gallery()
     write_performance()
+    write_calibration()
     print(f"book: profile {profile}, sources ready in {time.time() - t0:.1f} s", flush=True)
     if args.no_build:
         return

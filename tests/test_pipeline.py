@@ -24,6 +24,8 @@ def test_every_profile_expands_to_valid_runs():
         _, profile = pipeline.active_profile(params, name)
         specs = [s for g in pipeline.GROUPS for s in pipeline.grid(profile, g)]
         assert specs and len({(s.group, s.id) for s in specs}) == len(specs)
+        # dvc.yaml tracks profiles.<profile>.<group> of every group: a missing key stops `dvc repro`.
+        assert set(pipeline.GROUPS) <= set(profile), f"profile {name} lacks {set(pipeline.GROUPS) - set(profile)}"
         for spec in specs[:3] + specs[-2:]:
             cfg = pipeline.run_config(name, spec, ROOT)  # every config resolves
             assert cfg.method.name == spec.method and cfg.data.dir == "data" and cfg.seed == spec.seed
@@ -44,6 +46,15 @@ def test_grid_is_a_product_with_sweeps_and_no_repeats():
         pipeline.grid({"matrix": [{"methods": ["er"], "seed": [0]}]}, "matrix")
     with pytest.raises(ConfigError, match="unknown group"):
         pipeline.grid(profile, "nonsense")
+
+
+def test_a_named_order_with_tasks_left_out_keeps_its_name():
+    from lifealign.report import order_name
+    assert order_name("order2") == "order2"
+    # The quick profile's tasks keep order1's sequence; TruthfulQA before HC3 is order2's.
+    assert order_name(["hh-rlhf-harmless-base", "safe-rlhf", "TruthfulQA"]) == "order1"
+    assert order_name(["TruthfulQA", "HC3"]) == "order2"
+    assert order_name(["safe-rlhf", "HC3", "TruthfulQA"]) == "custom"
 
 
 def test_active_profile_from_argument_environment_or_file(monkeypatch):

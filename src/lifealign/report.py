@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data import TASKS
+from .data import ORDERS, TASKS
 from .io import write_text
 
 # Our matrices: judge-free (every run) and the generation metrics the paper also reports.
@@ -60,10 +60,22 @@ def load_runs(results_root):
         for key in ("slmc_lambda", "slmc_threshold"):
             if f"-{key}" in path.parent.name:
                 sweep[key] = method[key]
-        order = cfg["data"]["order"]
         runs.append(Run(path.parent.parent.name, path.parent.name, method["name"],
-                        order if isinstance(order, str) else "custom", cfg["seed"], sweep, res))
+                        order_name(cfg["data"]["order"]), cfg["seed"], sweep, res))
     return runs
+
+
+def order_name(order):
+    """A run's order as the report groups it. A list of tasks that keeps a named order's sequence
+    with some tasks left out counts as that order (order1 without Capybara is still order1; the
+    quick profile's three tasks are order1's), the first such of order1..order3; else "custom"."""
+    if isinstance(order, str):
+        return order
+    for name in ("order1", "order2", "order3"):
+        kept = [t for t in ORDERS[name] if t in order]
+        if kept == list(order):
+            return name
+    return "custom"
 
 
 def select(runs, group=None, method=None, order=None, sweep=False):
