@@ -27,7 +27,8 @@ BASE = ["method.name=seqft", "eval.generation=false", "data.dir=data"]
 # name -> (what it tests, overrides of configs/cpu.yaml). Ordered as they were run.
 PROBES = {
     "order1": (
-        "the cpu profile as it is: SFT 1 epoch + DPO 2 epochs at lr 2e-4, 64 pairs per task",
+        "the cpu profile as it is: SFT 1 epoch + DPO 2 epochs at lr 2e-4, 64 pairs per task (the "
+        "committed run results/cpu/matrix/seqft-order1-s0 has these numbers)",
         []),
     "truthfulqa-first": (
         "the one task that is learned (TruthfulQA) first, two tasks after it",
