@@ -109,6 +109,18 @@ def test_a_run_is_done_only_with_the_same_config_and_run_code(tmp_path):
     assert pipeline.is_done("smoke", spec, root)
 
 
+def test_run_group_can_run_chosen_runs_only(tmp_path, monkeypatch):
+    root = _fake_repo(tmp_path)
+    shutil.copy(ROOT / "params.yaml", root)
+    ran = []
+    monkeypatch.setattr(pipeline, "run_one", lambda profile, spec, root: ran.append(spec.id))
+    pipeline.run_group("matrix", "smoke", root=root, log=lambda line: None, only=["er-order1-s1", "mtl-order1-s0"])
+    assert ran == ["er-order1-s1", "mtl-order1-s0"]  # in the grid's order, the others untouched
+    with pytest.raises(ConfigError, match="no run er-order9-s0"):
+        pipeline.run_group("matrix", "smoke", root=root, only=["er-order9-s0"])
+    assert ran == ["er-order1-s1", "mtl-order1-s0"]
+
+
 def test_strip_notebook_drops_what_changes_between_executions(tmp_path):
     nb = {"cells": [{"cell_type": "code", "id": "f00d1e", "source": [], "execution_count": 1,
                      "metadata": {"papermill": {"duration": 1.5, "start_time": "2026"}, "execution": {"x": 1},

@@ -236,13 +236,21 @@ def run_one(profile_name, spec, root=None):
     return res_dir
 
 
-def run_group(group, profile_name=None, params=None, root=None, log=print):
+def run_group(group, profile_name=None, params=None, root=None, log=print, only=None):
     """Run the group's runs that are not done yet, one after the other; each finished run's results
-    land in results/ at once (a kill loses at most the run in progress, which resumes per task)."""
+    land in results/ at once (a kill loses at most the run in progress, which resumes per task).
+    `only`: run ids of the group to run, the others are left as they are (to order a long grid)."""
     root = Path(root or repo_root())
     params = params or load_params(root / "params.yaml")
     profile_name, profile = active_profile(params, profile_name)
-    specs = grid(profile, group)
+    all_specs = grid(profile, group)
+    specs = all_specs
+    if only:
+        unknown = sorted(set(only) - {s.id for s in all_specs})
+        if unknown:
+            raise ConfigError(f"profile {profile_name}, group {group}: no run {', '.join(unknown)} "
+                              f"(`python -m lifealign.pipeline list` shows the grid)")
+        specs = [s for s in all_specs if s.id in set(only)]
     if not (root / config_path(profile_name)).exists():
         raise ConfigError(f"profile {profile_name}: {config_path(profile_name)} does not exist")
     (root / "results" / profile_name / group).mkdir(parents=True, exist_ok=True)
@@ -254,7 +262,7 @@ def run_group(group, profile_name=None, params=None, root=None, log=print):
         log(f"[{group} {i}/{len(specs)}] {spec.id}: running")
         run_one(profile_name, spec, root)
         log(f"[{group} {i}/{len(specs)}] {spec.id}: finished -> {results_dir(profile_name, spec, root)}")
-    _prune(root / "results" / profile_name / group, {s.id for s in specs}, log)
+    _prune(root / "results" / profile_name / group, {s.id for s in all_specs}, log)
 
 
 def _prune(folder, keep, log):
@@ -270,8 +278,7 @@ def run_notebook(name, profile_name=None, params=None, root=None):
     """Execute notebooks/<name>.ipynb for the active profile into results/<profile>/notebooks/."""
     root = Path(root or repo_root())
     params = params or load_params(root / "params.yaml")
-    profile_name, profile = active_profile(params, profile_name)
-    active_profile(params, profile_name)
+    profile_name, _ = active_profile(params, profile_name)
     output = root / "results" / profile_name / "notebooks" / f"{name}.ipynb"
     return execute_notebook(name, output, {"profile": profile_name}, root)
 
@@ -338,6 +345,7 @@ def main(argv=None):
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the missing runs of an experiment group")
     r.add_argument("group", choices=GROUPS)
+    r.add_argument("runs", nargs="*", metavar="RUN_ID", help="only these runs of the group (default: all)")
     n = sub.add_parser("notebook", help="execute a notebook for the active profile")
     n.add_argument("name", choices=NOTEBOOKS)
     sub.add_parser("list", help="every run of the active profile and whether it is done")
@@ -351,7 +359,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         if args.command == "run":
-            run_group(args.group, args.profile)
+            run_group(args.group, args.profile, only=args.runs)
         elif args.command == "notebook":
             print(run_notebook(args.name, args.profile))
         elif args.command == "use":
