@@ -38,7 +38,7 @@ from lifealign.pipeline import GROUPS, active_profile, grid, load_params  # noqa
 REQUIRED = [
     "report/main_table.csv", "report/main_table.md", "report/judge_free.md", "report/ablation.md",
     "report/orders.md", "report/sensitivity.md", "report/verdicts.csv", "report/verdicts.md",
-    "report/compute.md", "report/numbers.json",
+    "report/compute.md", "report/numbers.json", "report/coverage.csv",
     "report/figures/heatmaps.png", "report/figures/forgetting.png", "report/figures/orders.png",
     "report/figures/sensitivity.png",
     "data/sizes.md", "data/lengths.md", "data/prompt_overlap.md", "data/lengths.png", "data/stats.json",
@@ -96,6 +96,18 @@ def order_text(order):
     return f"{len(order)} tasks: " + ", ".join(short(t) for t in order)
 
 
+def tasks_text(order, dropped):
+    """The tasks a profile trains: its order less the tasks with no data here (the data notebook's
+    `dropped`), e.g. "order1: 5 of 6 tasks (Capybara has no data)"."""
+    tasks = ORDERS[order] if isinstance(order, str) and order in ORDERS else list(order)
+    name = order if isinstance(order, str) else "custom"
+    gone = [t for t in tasks if t in dropped]
+    if not gone:
+        return f"{name}: {len(tasks)} tasks" if name in ORDERS else order_text(order)
+    return (f"{name}: {len(tasks) - len(gone)} of {len(tasks)} tasks "
+            f"({', '.join(short(t) for t in gone)} has no data)")
+
+
 def stage_text(stage):
     batch = stage.batch_size * stage.grad_accum
     return f"{stage.epochs:g} epoch{'s' if stage.epochs != 1 else ''}, lr {stage.lr:g}, batch {batch}"
@@ -132,6 +144,12 @@ def check(results):
                         f"profile {results.name}: produce its results first (`make reproduce PROFILE={results.name}`, "
                         f"or `dvc repro` with that profile active), or build another profile that has them "
                         f"(`make book PROFILE=...`)")
+    finished = [p for p in results.glob("*/*/results.json") if json.loads(p.read_text()).get("complete")]
+    reported = json.loads((results / "report" / "numbers.json").read_text()).get("runs")
+    if reported != len(finished):
+        raise BookError(f"error: {results.relative_to(ROOT)}/report was made from {reported} runs, but "
+                        f"{len(finished)} finished runs are there now: rerun the report "
+                        f"(`dvc repro report`, or `python -m lifealign.pipeline notebook report`) first")
     experiment = sorted(results.glob("matrix/lifealign-*s0/experiment.ipynb"))
     if not experiment:
         raise BookError(f"error: {results.relative_to(ROOT)}/matrix/lifealign-*-s0/experiment.ipynb is missing: "
@@ -170,10 +188,16 @@ def write_profile(profile, params, cfg, results, experiment):
         f"{cfg.data.n_train} training and {cfg.data.n_test} test pairs per task, "
         f"{sum(counts.values())} runs ({runs}), from the results committed under `results/{profile}/`. "
         f"`make book PROFILE=<name>` renders another profile that has results."))
+    write("scale_note.md", (
+        f"The absolute values are not comparable with the paper's: {model['name']} ({params_text(model)} parameters) "
+        f"against 7-8 B, {cfg.data.n_train or 'all'} training pairs per task against every pair of the release, "
+        f"and {'an LLM judge of our own' if cfg.eval.judge else 'no LLM judge'} ({{doc}}`setup` lists every "
+        f"difference and why). What carries over is the shape of the claims: orderings and signs."))
     write("experiment_run.md", f"The notebook page *One continual run* is the executed copy of the run "
                                f"`{experiment.parent.parent.name}/{experiment.parent.name}`.")
 
     # Profiles and budgets: every profile of params.yaml (a column each), from its run config.
+    dropped = {d["task"] for d in stats.get("dropped") or []}
     columns = {}
     for name, prof in params["profiles"].items():
         path = ROOT / "configs" / f"{name}.yaml"
@@ -182,7 +206,10 @@ def write_profile(profile, params, cfg, results, experiment):
         c = load_config(path)
         n = {g: len(grid(prof, g)) for g in GROUPS}
         columns[f"**{name}** (shown)" if name == profile else name] = {
-            "model": c.model.name, "tasks": order_text(c.data.order),
+            "model": c.model.name, "tasks": tasks_text(c.data.order, dropped),
+            "LoRA": f"rank {c.model.lora_r}, alpha {c.model.lora_alpha:g} on {', '.join(c.model.lora_targets)}",
+            "beta / gamma / theta / lambda": f"{c.method.beta:g} / {c.method.gamma:g} / "
+                                             f"{c.method.slmc_threshold:g} / {c.method.slmc_lambda:g}",
             "pairs per task (train / test)": f"{c.data.n_train or 'all'} / {c.data.n_test or 'all'}",
             "max length (prompt)": f"{c.model.max_length} ({c.model.max_prompt_length})",
             "SFT stage": stage_text(c.sft), "preference stage": stage_text(c.pref),
@@ -252,23 +279,44 @@ def write_paper_tables():
     abl = {r["row"]: r for r in report.read_csv(paper / "ablation_qwen_order1.csv")}
     lam = {float(r["lambda"]): r for r in report.read_csv(paper / "lambda_sweep_qwen_order1.csv")}
     high = ", ".join(f"{float(lam[v]['judge_bwt']):+.2f} at {v:g}" for v in sorted(lam) if v >= 0.8)
-    write("paper_claims.md", "\n".join([
-        "On Qwen2.5-7B-Instruct over six tasks, every number from a single seed with no confidence interval:",
-        "",
-        f"1. LifeAlign has the best Last on every metric: average Last {avg('LifeAlign', 'last')}, against ER "
-        f"{avg('ER', 'last')} and the multi-task upper bound MTL {avg('MTL', 'last')};",
-        f"2. its BWT is near zero: average {float(avg('LifeAlign', 'bwt')):+.2f}, against ER "
-        f"{float(avg('ER', 'bwt')):+.2f} and SeqFT {float(avg('SeqFT', 'bwt')):+.2f};",
-        f"3. SLMC carries most of the forgetting reduction and FPO adds on top: BLEU-4 BWT "
+    orders = {(r["metric"], r["order"]): r for r in report.read_csv(paper / "task_orders_qwen.csv")}
+    order_bwt = "; ".join(f"{o}: LifeAlign {float(orders[('bleu4_bwt', o)]['LifeAlign']):+.2f}, ER "
+                          f"{float(orders[('bleu4_bwt', o)]['ER']):+.2f}, CPPO {float(orders[('bleu4_bwt', o)]['CPPO']):+.2f}"
+                          for o in ("order1", "order2", "order3") if ("bleu4_bwt", o) in orders)
+    # One item per verdict row (report.CLAIMS), in the same order.
+    items = [
+        f"LifeAlign has the best Last of the continual methods: average Last {avg('LifeAlign', 'last')}, against "
+        f"ER {avg('ER', 'last')} (the best other continual method) and the multi-task upper bound MTL "
+        f"{avg('MTL', 'last')};",
+        f"SeqFT and ER forget: average BWT {float(avg('SeqFT', 'bwt')):+.2f} and {float(avg('ER', 'bwt')):+.2f};",
+        f"LifeAlign's BWT is near zero, above theirs: average {float(avg('LifeAlign', 'bwt')):+.2f};",
+        f"SLMC carries most of the forgetting reduction and FPO adds on top: BLEU-4 BWT "
         f"{float(abl['a']['bleu4_bwt']):+.2f} with neither, {float(abl['b']['bleu4_bwt']):+.2f} with SLMC, "
         f"{float(abl['c']['bleu4_bwt']):+.2f} with FPO, {float(abl['d']['bleu4_bwt']):+.2f} with both;",
-        "4. the ranking holds across three backbones (Qwen, Mistral, Llama) and three task orders;",
-        f"5. $\\lambda = 0.5$ is the best trade-off (judge BWT {float(lam[0.5]['judge_bwt']):+.2f}) and "
+        f"the ranking holds across the three task orders (BLEU-4 BWT {order_bwt});",
+        "and across three backbones (Qwen, Mistral, Llama);",
+        f"$\\lambda = 0.5$ is the best trade-off (judge BWT {float(lam[0.5]['judge_bwt']):+.2f}) and "
         f"$\\lambda \\ge 0.8$ collapses the judge's BWT ({high}).",
-    ]))
+    ]
+    assert len(items) == len(report.CLAIMS), "one paper claim per verdict row"
+    write("paper_claims.md", "\n".join(
+        ["On Qwen2.5-7B-Instruct over six tasks, every number from a single seed with no confidence interval:", ""]
+        + [f"{i}. {text}" for i, text in enumerate(items, 1)]))
 
     rows = report.read_csv(paper / "ablation_qwen_order1.csv")
     write("paper_ablation.md", md_table(rows, list(rows[0])))
+    # Row a (DPO + replay) is ER by definition, but the paper prints other numbers for it than Table 1's ER.
+    er = t1["ER"]
+    keys = [k for k in ("bleu4_bwt", "bleu4_last", "bleu4_ap", "judge_bwt", "judge_last", "judge_ap")
+            if abl["a"].get(k) and er.get(k)]
+    differ = [k for k in keys if abs(float(abl["a"][k]) - float(er[k])) > 0.005]
+    write("ablation_row_a.md", (
+        "Row a (DPO with replay, neither FPO nor SLMC) is ER by definition, yet the paper prints other numbers "
+        "for it than for ER in Table 1: " + ", ".join(f"{k.replace('_', ' ')} {abl['a'][k]} against {er[k]}"
+                                                        for k in differ)
+        + ". Our ablation table compares our ER runs with the ablation's row a; the main table compares the "
+          "same runs with Table 1's ER." if differ else
+        "Row a (DPO with replay) is ER; the paper's numbers for it equal Table 1's ER."))
     rows = report.read_csv(paper / "lambda_sweep_qwen_order1.csv")
     write("paper_lambda.md", md_table(rows, list(rows[0])))
     rows = report.read_csv(paper / "task_orders_qwen.csv")
@@ -335,10 +383,84 @@ def write_numbers(results):
     verdicts = report.read_csv(results / "report" / "verdicts.csv")
     tally = {}
     for r in verdicts:
-        tally[r["verdict"]] = tally.get(r["verdict"], 0) + 1
+        word = "not yet run" if r["verdict"].startswith("not yet run") else r["verdict"]
+        tally[word] = tally.get(word, 0) + 1
     write("verdict_tally.md", (
         f"Of the paper's {len(verdicts)} headline claims, at this profile's scale: "
-        + "; ".join(f"{k}: {v}" for k, v in sorted(tally.items(), key=lambda kv: -kv[1])) + "."))
+        + "; ".join(f"{k}: {v}" for k, v in sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))) + "."))
+
+    # Does SeqFT forget here? The verdict on "SeqFT and ER forget", with SeqFT's numbers.
+    forget = next((r for r in verdicts if r["claim"] == report.CLAIMS[1]), None)
+    seq = value("seqft", "bwt")
+    if forget and seq:
+        confirmed = forget["verdict"] == report.CONFIRMED
+        write("forgetting_note.md", (
+            f"Read the verdicts on forgetting with this in mind: SeqFT's BWT here is {seq[0]} "
+            f"({seq[1]} seed{'s' if seq[1] != 1 else ''}), and the verdict on \"{report.CLAIMS[1]}\" is "
+            f"*{forget['verdict']}*. "
+            + ("SeqFT forgets beyond its seed spread, so the methods that claim to reduce forgetting have "
+               "something to reduce." if confirmed else
+               "Where SeqFT does not forget beyond its seed spread, a claim that a method *reduces* forgetting "
+               "has little to act on, and its verdict can hardly be better than *inconclusive at this scale*; "
+               "the calibration probes of the Setup chapter found the same at every scale tried.")))
+    else:
+        write("forgetting_note.md", "The profile has no SeqFT run yet: whether SeqFT forgets here is not known.")
+
+    # Where LifeAlign's Last differs from SeqFT's, task by task (the final row).
+    diffs = n.get("final_row_lifealign_minus_seqft") or {}
+    if diffs:
+        top = max(diffs, key=lambda t: abs(diffs[t]))
+        total = sum(diffs.values())
+        write("final_row_note.md", (
+            "Where the Last difference between LifeAlign and SeqFT comes from, task by task (the final row of "
+            "the matrices, means over seeds, LifeAlign minus SeqFT): "
+            + ", ".join(f"{short(t)} {d:+.2f}" for t, d in diffs.items())
+            + f". The largest, {short(top)}, is {abs(diffs[top]) / abs(total) * 100 if total else 0:.0f}% of the "
+              f"summed difference ({total:+.2f} over {len(diffs)} tasks)."))
+    else:
+        write("final_row_note.md", "The profile has no LifeAlign and SeqFT runs on order1 to compare task by task.")
+
+
+def write_coverage(results):
+    """One sentence per experiment group: how many of the grid's runs the report had, which are missing."""
+    for r in report.read_csv(results / "report" / "coverage.csv"):
+        present, expected = (int(x) for x in r["runs"].split(" of "))
+        if expected == 0:
+            text = f"The profile's `{r['group']}` group has no runs (params.yaml lists none)."
+        elif present == expected:
+            text = f"All {expected} runs of the profile's `{r['group']}` group are in these results."
+        else:
+            text = (f"**{present} of the {expected} runs** of the profile's `{r['group']}` group are in these "
+                    f"results; missing: {', '.join(f'`{m}`' for m in r['missing'].split(', '))}. "
+                    f"`python -m lifealign.pipeline run {r['group']}` (or `dvc repro`) computes them.")
+        if r.get("stale", "none") != "none":
+            text += (f" Stale (config or run code changed since they ran): "
+                     f"{', '.join(f'`{m}`' for m in r['stale'].split(', '))}.")
+        write(f"coverage_{r['group']}.md", text)
+
+
+def write_observations(results):
+    """Facts of the runs worth a sentence: tasks on which the base model's log-likelihood preference
+    accuracy is extreme (it needs no reference, so the base row says what the model prefers untrained)."""
+    base = {}
+    for path in sorted((results / "matrix").glob("*/results.json")):
+        res = json.loads(path.read_text())
+        m = res["metrics"].get("loglik_accuracy")
+        if m and m.get("base"):
+            for task, v in zip(res["order"], m["base"]):
+                if v is not None:
+                    base.setdefault(task, v)
+    extreme = {t: v for t, v in base.items() if v <= 10 or v >= 90}
+    write("loglik_note.md", (
+        "Untrained, the model's own length-normalised log-likelihood already decides some tasks: "
+        + ", ".join(f"{short(t)} {v:.0f}%" for t, v in extreme.items())
+        + " of pairs favour the chosen response before any training. On such a task log-likelihood accuracy "
+          "measures the responses' style"
+        + (" (HC3's rejected responses are ChatGPT's fluent answers, its chosen ones human answers)"
+           if "HC3" in extreme else "")
+        + ", and training barely moves it; implicit-reward accuracy, measured against the base model, has no "
+          "such floor." if extreme else
+        "No task's base log-likelihood accuracy is extreme (below 10% or above 90%)."))
 
 
 def write_run_gallery():
@@ -518,6 +640,8 @@ def main(argv=None):
     write_paper_tables()
     write_main_tables(results)
     write_numbers(results)
+    write_coverage(results)
+    write_observations(results)
     write_run_gallery()
     write_performance()
     write_calibration()
