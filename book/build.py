@@ -38,7 +38,7 @@ from lifealign.pipeline import GROUPS, active_profile, grid, load_params  # noqa
 REQUIRED = [
     "report/main_table.csv", "report/main_table.md", "report/judge_free.md", "report/ablation.md",
     "report/orders.md", "report/sensitivity.md", "report/verdicts.csv", "report/verdicts.md",
-    "report/compute.md", "report/numbers.json", "report/coverage.csv",
+    "report/compute.md", "report/numbers.json", "report/coverage.csv", "report/learned.md",
     "report/figures/heatmaps.png", "report/figures/forgetting.png", "report/figures/orders.png",
     "report/figures/sensitivity.png",
     "data/sizes.md", "data/lengths.md", "data/prompt_overlap.md", "data/lengths.png", "data/stats.json",

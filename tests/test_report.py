@@ -156,3 +156,14 @@ def test_orders_figure_draws_no_bar_for_a_missing_run(tmp_path):
     assert len(ours_bwt.patches) == 3  # order1's three methods; order2 / order3 have none
     assert sum(t.get_text() == "n/a" for t in ours_bwt.texts) == 6
     assert (tmp_path / "orders.png").stat().st_size > 0
+
+
+def test_learned_table_marks_tasks_above_chance_beyond_two_se():
+    matrix = [[90.0, 50.0, 50.0], [85.0, 55.0, 50.0], [80.0, 52.0, 70.0]]
+    runs = [make_run("seqft", s, -1.0, 60.0, matrix=matrix) for s in range(2)]
+    for r in runs:
+        r.results["config"]["data"]["n_test"] = 64  # two se of chance: 12.5 points
+    rows, columns = report.learned_table(runs)
+    assert [r["learned (above chance beyond 2 se) by"] for r in rows] == ["SeqFT", "none", "SeqFT"]
+    assert rows[0]["SeqFT: trained → end"] == "90.0 → 80.0" and rows[0]["chance ± 2 se"] == "50 ± 12.5"
+    assert report.learned_table([]) == ([], ["task"])

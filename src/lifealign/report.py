@@ -408,6 +408,33 @@ def sensitivity_table(runs, paper_dir, default_lambda, default_theta, metric="re
         col(paper_metric, k, w) for k in ("bwt", "last") for w in ("ours", "paper", "diff")] + [col("judge", "bwt", "paper")]
 
 
+def learned_table(runs, metric="reward_accuracy", methods=("seqft", "er", "lifealign")):
+    """Which tasks the model learns at this scale: per task of order1, each method's score right after
+    training it and at the end (means over seeds), and which methods' score after training lies above
+    chance (50) by more than two binomial standard errors of the task's test pairs."""
+    chosen = {m: select(runs, ("matrix",), m, "order1") for m in methods}
+    chosen = {m: rs for m, rs in chosen.items() if rs}
+    if not chosen:
+        return [], ["task"]
+    first = next(iter(chosen.values()))[0].results
+    rows = []
+    for i, task in enumerate(first["rows"]):
+        n = (first.get("data", {}).get(task, {}).get("test", {}).get("used")
+             or first["config"]["data"].get("n_test"))
+        band = 2 * 100 * math.sqrt(0.25 / n) if n else None
+        row = {"task": task_label(task), "test pairs": n or "–", "chance ± 2 se": f"50 ± {fmt(band, 1)}"}
+        learned = []
+        for m, rs in chosen.items():
+            cells = [r.results["metrics"][metric]["matrix"] for r in rs if len(r.results["rows"]) == len(first["rows"])]
+            diag, end = _mean(c[i][i] for c in cells), _mean(c[-1][i] for c in cells)
+            row[f"{LABELS[m]}: trained → end"] = f"{fmt(diag, 1)} → {fmt(end, 1)}"
+            if diag is not None and band is not None and diag - 50 > band:
+                learned.append(LABELS[m])
+        row["learned (above chance beyond 2 se) by"] = ", ".join(learned) or "none"
+        rows.append(row)
+    return rows, list(rows[0])
+
+
 def coverage(runs, expected):
     """Which runs of the profile's grid the report has: `expected` = {group: [run ids]} (from
     pipeline.grid). Rows: group, present / expected, the missing run ids."""
