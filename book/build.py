@@ -421,6 +421,28 @@ def write_numbers(results):
         write("final_row_note.md", "The profile has no LifeAlign and SeqFT runs on order1 to compare task by task.")
 
 
+def write_length_note(results, cfg):
+    """What the length table implies: tasks whose responses the length limit mostly cuts, and tasks
+    where the chosen response is much shorter or longer than the rejected one (a shortcut a small
+    model can learn without learning the preference)."""
+    lengths = json.loads((results / "data" / "stats.json").read_text())["lengths"]
+    cut = [r for r in lengths if float(r["response cut %"]) >= 50]
+    skew = [r for r in lengths if r["rejected median"] and not 0.5 < r["chosen median"] / r["rejected median"] < 2]
+    parts = []
+    if cut:
+        parts.append("At max_length " + str(cfg.model.max_length) + " the limit cuts most responses of "
+                     + ", ".join(f"{r['task']} ({r['response cut %']}% of pairs)" for r in cut)
+                     + ": there the preference is judged on truncated responses (what fits after the prompt).")
+    if skew:
+        parts.append("Length alone nearly separates "
+                     + ", ".join(f"{r['task']} (median chosen {r['chosen median']} against rejected "
+                                 f"{r['rejected median']} tokens)" for r in skew)
+                     + ": a model can score well there by preferring the shorter (or longer) response, "
+                       "which is not the task's preference.")
+    write("length_note.md", " ".join(parts) or "No task's responses are mostly cut, and no task's chosen and "
+                                                "rejected responses differ in length by 2x or more.")
+
+
 def write_coverage(results):
     """One sentence per experiment group: how many of the grid's runs the report had, which are missing."""
     for r in report.read_csv(results / "report" / "coverage.csv"):
@@ -642,6 +664,7 @@ def main(argv=None):
     write_numbers(results)
     write_coverage(results)
     write_observations(results)
+    write_length_note(results, cfg)
     write_run_gallery()
     write_performance()
     write_calibration()
