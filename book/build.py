@@ -380,29 +380,49 @@ def write_numbers(results):
         "On implicit-reward accuracy over the profile's order1 runs (mean ± standard deviation over seeds): "
         + "; ".join(parts) + "." if parts else "The profile has no SeqFT, ER or LifeAlign run yet."))
 
-    verdicts = report.read_csv(results / "report" / "verdicts.csv")
-    tally = {}
-    for r in verdicts:
-        word = "not yet run" if r["verdict"].startswith("not yet run") else r["verdict"]
-        tally[word] = tally.get(word, 0) + 1
-    write("verdict_tally.md", (
-        f"Of the paper's {len(verdicts)} headline claims, at this profile's scale: "
-        + "; ".join(f"{k}: {v}" for k, v in sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))) + "."))
+    tables = {"reward_accuracy": results / "report" / "verdicts.csv"}
+    tables.update({m: results / "report" / f"verdicts_{m}.csv" for m in ("bleu4", "rougel")
+                   if (results / "report" / f"verdicts_{m}.csv").exists()})
+    verdicts = {m: report.read_csv(path) for m, path in tables.items()}
 
-    # Does SeqFT forget here? The verdict on "SeqFT and ER forget", with SeqFT's numbers.
-    forget = next((r for r in verdicts if r["claim"] == report.CLAIMS[1]), None)
-    seq = value("seqft", "bwt")
-    if forget and seq:
-        confirmed = forget["verdict"] == report.CONFIRMED
-        write("forgetting_note.md", (
-            f"Read the verdicts on forgetting with this in mind: SeqFT's BWT here is {seq[0]} "
-            f"({seq[1]} seed{'s' if seq[1] != 1 else ''}), and the verdict on \"{report.CLAIMS[1]}\" is "
-            f"*{forget['verdict']}*. "
-            + ("SeqFT forgets beyond its seed spread, so the methods that claim to reduce forgetting have "
-               "something to reduce." if confirmed else
-               "Where SeqFT does not forget beyond its seed spread, a claim that a method *reduces* forgetting "
-               "has little to act on, and its verdict can hardly be better than *inconclusive at this scale*; "
-               "the calibration probes of the Setup chapter found the same at every scale tried.")))
+    def tally(rows):
+        counts = {}
+        for r in rows:
+            word = "not yet run" if r["verdict"].startswith("not yet run") else r["verdict"]
+            counts[word] = counts.get(word, 0) + 1
+        return "; ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    main = verdicts["reward_accuracy"]
+    write("verdict_tally.md", (
+        f"Of the paper's {len(main)} headline claims, at this profile's scale, on "
+        + "; on ".join(f"{report.METRIC_NAMES[m]}: {tally(rows)}" for m, rows in verdicts.items()) + "."))
+
+    # The same claims on the generation metrics, when the runs have them.
+    parts = []
+    for m in ("bleu4", "rougel"):
+        if m in tables:
+            parts += [f"**{report.METRIC_NAMES[m]}**", "", (results / "report" / f"verdicts_{m}.md").read_text()]
+    write("verdicts_generation.md", "\n".join(parts).replace(" ± ", "\u00a0±\u00a0") if parts else
+          "The profile's runs have no generation metrics (eval.generation is off), so the verdicts rest on the "
+          "judge-free scores alone.")
+
+    # Does SeqFT forget here? The verdict on "SeqFT and ER forget" per metric, with SeqFT's BWT.
+    seq_runs = report.select(report.load_runs(results), ("matrix",), "seqft", "order1")
+    lines = []
+    for m, rows in verdicts.items():
+        forget = next((r for r in rows if r["claim"] == report.CLAIMS[1]), None)
+        s = report.stats([r.summary(m, "bwt") for r in seq_runs])
+        if forget and s["n"]:
+            word, half = report.below_zero(s, None)
+            lines.append(f"- {report.METRIC_NAMES[m]}: SeqFT BWT {report.fmt_stats(s)} over {s['n']} seed"
+                         f"{'s' if s['n'] != 1 else ''} (values {', '.join(f'{v:+.2f}' for v in s['values'])}; "
+                         f"{report.zero_text(word)}{f', 95% CI ± {half:.2f}' if half is not None else ''}); "
+                         f"the claim's verdict: *{forget['verdict']}*.")
+    if lines:
+        write("forgetting_note.md", "\n".join([
+            "Does SeqFT forget at this scale? A claim that a method *reduces* forgetting has something to act "
+            "on only where SeqFT's BWT is below zero beyond its seed spread (the calibration probes of the "
+            "Setup chapter asked the same of implicit-reward accuracy):", ""] + lines))
     else:
         write("forgetting_note.md", "The profile has no SeqFT run yet: whether SeqFT forgets here is not known.")
 
