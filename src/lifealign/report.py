@@ -55,7 +55,7 @@ class Run:
         if m is None:
             return None
         if self.method == "stl":
-            return _mean(self.diagonal(metric)) if key == "last" else None
+            return mean_of(self.diagonal(metric).values()) if key == "last" else None
         return m["summary"].get(key)
 
     def diagonal(self, metric):
@@ -65,11 +65,6 @@ class Run:
             return {}
         return {task: m["matrix"][i][i] for i, task in enumerate(self.results["rows"])
                 if i < len(m["matrix"][i]) and m["matrix"][i][i] is not None}
-
-
-def _mean(values):
-    values = [v for v in (values.values() if isinstance(values, dict) else values) if v is not None]
-    return sum(values) / len(values) if values else None
 
 
 def load_runs(results_root, excluded=None):
@@ -127,6 +122,11 @@ def stats(values):
     mean = sum(values) / n
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
     return {"mean": mean, "sd": sd, "n": n, "values": values}
+
+
+def mean_of(values):
+    """The mean of the non-missing values, None if there are none (stats' mean)."""
+    return stats(list(values))["mean"]
 
 
 def methods_of(runs):
@@ -295,8 +295,8 @@ def intransigence(run, stl_runs, metric):
     for r in stl_runs:
         for task, v in r.diagonal(metric).items():
             reference.setdefault(task, []).append(v)
-    diffs = [_mean(reference[t]) - v for t, v in run.diagonal(metric).items() if t in reference]
-    return _mean(diffs)
+    diffs = [mean_of(reference[t]) - v for t, v in run.diagonal(metric).items() if t in reference]
+    return mean_of(diffs)
 
 
 def judge_free_table(runs, metrics=("reward_accuracy", "loglik_accuracy")):
@@ -426,7 +426,7 @@ def learned_table(runs, metric="reward_accuracy", methods=("seqft", "er", "lifea
         learned = []
         for m, rs in chosen.items():
             cells = [r.results["metrics"][metric]["matrix"] for r in rs if len(r.results["rows"]) == len(first["rows"])]
-            diag, end = _mean(c[i][i] for c in cells), _mean(c[-1][i] for c in cells)
+            diag, end = mean_of(c[i][i] for c in cells), mean_of(c[-1][i] for c in cells)
             row[f"{LABELS[m]}: trained → end"] = f"{fmt(diag, 1)} → {fmt(end, 1)}"
             if diag is not None and band is not None and diag - 50 > band:
                 learned.append(LABELS[m])
@@ -617,7 +617,7 @@ def numbers(runs, metric="reward_accuracy"):
             for task, v in zip(r.results["order"], row):
                 final.setdefault(method, {}).setdefault(task, []).append(v)
     if len(final) == 2:
-        out["final_row_lifealign_minus_seqft"] = {task: _mean(v) - _mean(final["seqft"][task])
+        out["final_row_lifealign_minus_seqft"] = {task: mean_of(v) - mean_of(final["seqft"][task])
                                                   for task, v in final["lifealign"].items() if task in final["seqft"]}
     out["runs"] = len(runs)
     return out
