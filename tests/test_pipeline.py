@@ -109,6 +109,20 @@ def test_a_run_is_done_only_with_the_same_config_and_run_code(tmp_path):
     assert pipeline.is_done("smoke", spec, root)
 
 
+def test_experiment_stages_depend_on_the_run_code_only():
+    """dvc.yaml's experiment stages and is_done must agree on what the run code is: a dvc dep wider
+    than RUN_CODE reruns committed experiments in a fresh clone after a report change; a narrower one
+    misses a change that makes is_done call them stale."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    run_code = {f"src/lifealign/{name}" for name in pipeline.RUN_CODE}
+    fixed = {"data", "configs/${profile}.yaml", "notebooks/experiment.ipynb", "results/${profile}/model.json"}
+    for group in pipeline.GROUPS:
+        deps = set(stages[group]["deps"])
+        assert deps == run_code | fixed, f"stage {group}: {sorted(deps ^ (run_code | fixed))}"
+        assert stages[group]["cmd"] == f"python -m lifealign.pipeline run {group}"
+    assert "__pycache__/" in (ROOT / ".dvcignore").read_text()  # bytecode is no dependency
+
+
 def test_run_group_can_run_chosen_runs_only(tmp_path, monkeypatch):
     root = _fake_repo(tmp_path)
     shutil.copy(ROOT / "params.yaml", root)
@@ -232,6 +246,17 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     assert {p: p.read_bytes() for p in out.rglob("*.ipynb")} == before
     _run(dvc + ["repro", "--allow-missing", "-f", "-s", "report"], repo, env)  # rerun: the same bytes
     assert (out / "notebooks" / "report.ipynb").read_bytes() == before[out / "notebooks" / "report.ipynb"]
+
+    # A fresh clone of the committed results and dvc.lock, without DVC cache or runs/: up to date.
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-qm", "results"], repo, env)
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path, env)
+    clone_env = dict(env, PYTHONPATH=str(clone / "src"))
+    _run([sys.executable, "-m", "lifealign.pipeline", "data"], clone, clone_env)
+    log = _run(dvc + ["repro", "--allow-missing"], clone, clone_env)
+    assert "Running stage" not in log, log[-3000:]
+    assert not (clone / "runs").exists()
 
     removed = pipeline.grid(profile, "orders")[0]
     shutil.rmtree(out / "orders" / removed.id)
