@@ -407,16 +407,14 @@ def write_numbers(results):
           "judge-free scores alone.")
 
     # Does SeqFT forget here? The verdict on "SeqFT and ER forget" per metric, with SeqFT's BWT.
-    seq_runs = report.select(report.load_runs(results), ("matrix",), "seqft", "order1")
     lines = []
-    for m, rows in verdicts.items():
-        forget = next((r for r in rows if r["claim"] == report.CLAIMS[1]), None)
-        s = report.stats([r.summary(m, "bwt") for r in seq_runs])
-        if forget and s["n"]:
-            word, half = report.below_zero(s, None)
+    for m, s in (n.get("seqft_bwt_by_metric") or {}).items():
+        forget = next((r for r in verdicts.get(m, []) if r["claim"] == report.CLAIMS[1]), None)
+        if forget:
+            half = s["ci95_half"]
             lines.append(f"- {report.METRIC_NAMES[m]}: SeqFT BWT {report.fmt_stats(s)} over {s['n']} seed"
                          f"{'s' if s['n'] != 1 else ''} (values {', '.join(f'{v:+.2f}' for v in s['values'])}; "
-                         f"{report.zero_text(word)}{f', 95% CI ± {half:.2f}' if half is not None else ''}); "
+                         f"{report.zero_text(s['test'])}{f', 95% CI ± {half:.2f}' if half is not None else ''}); "
                          f"the claim's verdict: *{forget['verdict']}*.")
     if lines:
         write("forgetting_note.md", "\n".join([

@@ -167,3 +167,15 @@ def test_learned_table_marks_tasks_above_chance_beyond_two_se():
     assert [r["learned (above chance beyond 2 se) by"] for r in rows] == ["SeqFT", "none", "SeqFT"]
     assert rows[0]["SeqFT: trained → end"] == "90.0 → 80.0" and rows[0]["chance ± 2 se"] == "50 ± 12.5"
     assert report.learned_table([]) == ([], ["task"])
+
+
+def test_numbers_test_seqft_bwt_against_zero_per_metric():
+    runs = [make_run("seqft", s, bwt, 60.0) for s, bwt in enumerate((-3.0, -2.0, -4.0))]
+    runs += [make_run("lifealign", 0, 0.5, 65.0)]
+    n = report.numbers(runs)
+    seq = n["seqft_bwt_by_metric"]["reward_accuracy"]
+    assert (seq["mean"], seq["n"], seq["test"]) == (-3.0, 3, "below")
+    assert seq["ci95_half"] == pytest.approx(4.303 / math.sqrt(3))
+    assert set(n["seqft_bwt_by_metric"]) == {"reward_accuracy"}  # the runs have no generation metrics
+    assert n["runs"] == 4 and n["seqft_bwt"] == -3.0 and n["lifealign_last"] == 65.0
+    json.dumps(n)  # numbers.json

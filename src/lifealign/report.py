@@ -619,6 +619,13 @@ def numbers(runs, metric="reward_accuracy"):
     if len(final) == 2:
         out["final_row_lifealign_minus_seqft"] = {task: mean_of(v) - mean_of(final["seqft"][task])
                                                   for task, v in final["lifealign"].items() if task in final["seqft"]}
+    # Does SeqFT forget at all? Its BWT on every metric, tested against zero (the book's note).
+    out["seqft_bwt_by_metric"] = {}
+    for name in ("reward_accuracy", "bleu4", "rougel"):
+        s = method_stats(runs, "seqft", name, "bwt")
+        if s["n"]:
+            word, half = below_zero(s, None)
+            out["seqft_bwt_by_metric"][name] = dict(s, test=word, ci95_half=half)
     out["runs"] = len(runs)
     return out
 
