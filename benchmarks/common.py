@@ -19,6 +19,9 @@ import torch
 
 from lifealign import data as data_mod
 from lifealign.models import SMOLLM2, TINY, _cpu_flags, load_model
+# Non-pad tokens of prompt+chosen and prompt+rejected over encoded records: the count the continual
+# loop reports as eval_tokens, so the benchmarks' tokens/s and a run's compare.
+from lifealign.runner import _pair_tokens as pair_tokens  # noqa: F401
 from lifealign.training import encode_prompt
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -91,11 +94,6 @@ def cut_prompts(tokenizer, records, max_prompt_length):
 def n_params(model):
     """Parameters of the base model (tied weights once, LoRA matrices excluded)."""
     return sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
-
-
-def pair_tokens(records):
-    """Non-pad tokens of prompt+chosen and prompt+rejected, over encoded records."""
-    return sum(2 * len(r["ids"]["prompt"]) + len(r["ids"]["chosen"]) + len(r["ids"]["rejected"]) for r in records)
 
 
 # ---------------------------------------------------------------- timing and output
