@@ -179,3 +179,20 @@ def test_numbers_test_seqft_bwt_against_zero_per_metric():
     assert set(n["seqft_bwt_by_metric"]) == {"reward_accuracy"}  # the runs have no generation metrics
     assert n["runs"] == 4 and n["seqft_bwt"] == -3.0 and n["lifealign_last"] == 65.0
     json.dumps(n)  # numbers.json
+
+
+def test_sensitivity_figure_puts_our_rougel_beside_the_papers_lambda_sweep(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    from pathlib import Path
+    paper = Path(__file__).resolve().parents[1] / "paper"
+    runs = [make_run("lifealign", 0, 1.0, 60.0)] + [
+        make_run("lifealign", 0, b, 60.0, group="sensitivity", sweep={"slmc_lambda": lam}) for lam, b in ((0.0, 2.0), (1.0, 0.5))]
+    fig = report.plot_sensitivity(runs, paper, 0.5, 0.9, "reward_accuracy", tmp_path / "a.png")
+    assert not fig.axes[2].containers  # the runs have no ROUGE-L: the paper's lines alone
+    for r in runs:
+        r.results["metrics"]["rougel"] = r.results["metrics"]["reward_accuracy"]
+    fig = report.plot_sensitivity(runs, paper, 0.5, 0.9, "reward_accuracy", tmp_path / "b.png")
+    ours = [c for c in fig.axes[2].containers if c.get_label() == "ours: ROUGE-L BWT"]
+    line = ours[0].lines[0]
+    assert len(ours) == 1 and list(line.get_xdata()) == [0.0, 0.5, 1.0] and list(line.get_ydata()) == [2.0, 1.0, 0.5]

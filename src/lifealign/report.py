@@ -732,7 +732,8 @@ def plot_orders(runs, paper_dir, metric, path, paper_metric="bleu4"):
 
 def plot_sensitivity(runs, paper_dir, default_lambda, default_theta, metric, path):
     """BWT (top) and Last (bottom) against lambda and theta (ours, mean with seed sd as error bars
-    where a point has several seeds), and the paper's lambda sweep (judge and ROUGE-L)."""
+    where a point has several seeds), and the paper's lambda sweep (judge and ROUGE-L) beside our
+    ROUGE-L over lambda, where the runs have it."""
     import matplotlib.pyplot as plt
 
     paper = read_csv(Path(paper_dir) / "lambda_sweep_qwen_order1.csv")
@@ -751,14 +752,18 @@ def plot_sensitivity(runs, paper_dir, default_lambda, default_theta, metric, pat
             ax.set_xlabel(label)
             ax.set_title(f"ours: {METRIC_NAMES[metric]} {SUMMARY_LABELS[k]}", fontsize=9)
     lam = [float(r["lambda"]) for r in paper]
+    ours = [p for p in sweep_points(runs, "slmc_lambda", default_lambda, "rougel") if p[1]["bwt"]["mean"] is not None]
     for r, k in enumerate(("bwt", "last")):
         ax = axes[r][2]
-        ax.plot(lam, [_num(x[f"judge_{k}"]) for x in paper], "o-", label=f"judge {SUMMARY_LABELS[k]}")
-        ax.plot(lam, [_num(x[f"rougel_{k}"]) for x in paper], "s--", label=f"ROUGE-L {SUMMARY_LABELS[k]}")
+        ax.plot(lam, [_num(x[f"judge_{k}"]) for x in paper], "o-", label=f"paper: judge {SUMMARY_LABELS[k]}")
+        ax.plot(lam, [_num(x[f"rougel_{k}"]) for x in paper], "s--", label=f"paper: ROUGE-L {SUMMARY_LABELS[k]}")
+        if ours:
+            ax.errorbar([p[0] for p in ours], [p[1][k]["mean"] for p in ours], yerr=[p[1][k]["sd"] or 0 for p in ours],
+                        fmt="^-", color="black", capsize=3, label=f"ours: ROUGE-L {SUMMARY_LABELS[k]}")
         if k == "bwt":
             ax.axhline(0, color="black", lw=0.5)
         ax.set_xlabel("lambda")
-        ax.set_title("paper (Qwen2.5-7B, read off its plot)", fontsize=9)
+        ax.set_title("paper (Qwen2.5-7B, read off its plot)" + (" and ours" if ours else ""), fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
