@@ -730,6 +730,12 @@ def plot_orders(runs, paper_dir, metric, path, paper_metric="bleu4"):
     return fig
 
 
+def _plot_points(ax, points, key, **style):
+    """sweep_points' means of one summary key, with the seed sd as error bars (0 for one seed)."""
+    ax.errorbar([p[0] for p in points], [p[1][key]["mean"] for p in points],
+                yerr=[p[1][key]["sd"] or 0 for p in points], capsize=3, **style)
+
+
 def plot_sensitivity(runs, paper_dir, default_lambda, default_theta, metric, path):
     """BWT (top) and Last (bottom) against lambda and theta (ours, mean with seed sd as error bars
     where a point has several seeds), and the paper's lambda sweep (judge and ROUGE-L) beside our
@@ -743,8 +749,7 @@ def plot_sensitivity(runs, paper_dir, default_lambda, default_theta, metric, pat
         points = sweep_points(runs, key, default, metric)
         for r, k in enumerate(("bwt", "last")):
             ax = axes[r][c]
-            ax.errorbar([p[0] for p in points], [p[1][k]["mean"] for p in points],
-                        yerr=[p[1][k]["sd"] or 0 for p in points], fmt="o-", capsize=3)
+            _plot_points(ax, points, k, fmt="o-")
             ax.axvline(default, color="gray", lw=0.5, ls=":")
             ax.set_xlim(*((-0.05, 1.05) if key == "slmc_lambda" else (min([0.65] + [p[0] for p in points]) - 0.02, 1.01)))
             if k == "bwt":
@@ -758,8 +763,7 @@ def plot_sensitivity(runs, paper_dir, default_lambda, default_theta, metric, pat
         ax.plot(lam, [_num(x[f"judge_{k}"]) for x in paper], "o-", label=f"paper: judge {SUMMARY_LABELS[k]}")
         ax.plot(lam, [_num(x[f"rougel_{k}"]) for x in paper], "s--", label=f"paper: ROUGE-L {SUMMARY_LABELS[k]}")
         if ours:
-            ax.errorbar([p[0] for p in ours], [p[1][k]["mean"] for p in ours], yerr=[p[1][k]["sd"] or 0 for p in ours],
-                        fmt="^-", color="black", capsize=3, label=f"ours: ROUGE-L {SUMMARY_LABELS[k]}")
+            _plot_points(ax, ours, k, fmt="^-", color="black", label=f"ours: ROUGE-L {SUMMARY_LABELS[k]}")
         if k == "bwt":
             ax.axhline(0, color="black", lw=0.5)
         ax.set_xlabel("lambda")
