@@ -45,13 +45,14 @@ REQUIRED = [
     "method/focal.png", "method/slmc_stages.md", "method/principal_angles.md", "method/principal_angles.png",
     "notebooks/data.ipynb", "notebooks/method.ipynb", "notebooks/report.ipynb", "model.json",
 ]
-BENCHMARKS = ("preference_throughput", "eval_throughput", "hardware_limit", "machinery_cost")
+BENCHMARKS = ("preference_throughput", "eval_throughput", "hardware_limit", "machinery_cost", "parallel_workers")
 BENCH_COMMANDS = {
     "preference_throughput": ".venv/bin/python benchmarks/preference_throughput.py",
     "eval_throughput": ".venv/bin/python benchmarks/eval_throughput.py",
     "hardware_limit": ".venv/bin/python benchmarks/hardware_limit.py --from "
                       "benchmarks/results/preference_throughput.json benchmarks/results/eval_throughput.json",
     "machinery_cost": ".venv/bin/python benchmarks/machinery_cost.py --run runs/lifealign-cpu",
+    "parallel_workers": ".venv/bin/python benchmarks/parallel_workers.py",
 }
 # The paper's setting (spec sections 2 and 7), for the "what differs" table.
 PAPER_SETUP = {
@@ -628,6 +629,25 @@ def write_performance():
     else:
         text = missing("machinery_cost")
     write("perf_machinery.md", text)
+
+    doc = docs["parallel_workers"]
+    if doc:
+        a = doc["args"]
+        rows = [{"benchmark": f"`{name}`", "part": part, "one process tokens/s": num(v["one_process_tokens_per_s"], 0),
+                 f"{r['parallel']['processes']} processes tokens/s": num(v["parallel_tokens_per_s"], 0),
+                 "ratio": num(v["parallel_tokens_per_s"] / v["one_process_tokens_per_s"], 2)}
+                for name, r in doc["results"].items() for part, v in r["parts"].items()]
+        walls = "; ".join(f"`{name}` {num(r['work_per_hour_ratio'], 2)} (one process {num(r['one_process']['wall_s'], 0)} s, "
+                          f"{r['parallel']['processes']} at once {num(max(r['parallel']['wall_s']), 0)} s)"
+                          for name, r in doc["results"].items())
+        any_run = next(iter(doc["results"].values()))
+        text = (f"{a['model']}, {a['pairs']} pairs of {a['task']}, on {doc['cores']} cores: one process with "
+                f"{any_run['one_process']['threads']} torch threads against {any_run['parallel']['processes']} "
+                f"processes at once with {any_run['parallel']['threads_each']} each.\n\n" + md_table(rows, list(rows[0]))
+                + f"\nWork per hour of the parallel layout relative to one process: {walls}.\n" + smoke_note(doc))
+    else:
+        text = missing("parallel_workers")
+    write("perf_parallel.md", text)
 
 
 # ---------------------------------------------------------------- calibration (benchmarks/calibration.py)

@@ -21,7 +21,7 @@ def run(script, out, env, *args):
     return doc
 
 
-@pytest.mark.slow  # several processes, ~40 s
+@pytest.mark.slow  # several processes, ~60 s
 def test_benchmarks_smoke(fake_release, tmp_path):
     env = dict(os.environ, LIFEALIGN_DATA_DIR=str(fake_release), LIFEALIGN_CACHE=str(tmp_path / "cache"))
 
@@ -60,3 +60,11 @@ def test_benchmarks_smoke(fake_release, tmp_path):
               str(tmp_path / "eval_throughput.json"))
     assert doc["peak_gflops"]["bf16"] > 0 and doc["peak_gflops"]["fp32"] > 0
     assert len(doc["achieved"]) == 4 + 4 + 3 and all(r["share_pct"] > 0 for r in doc["achieved"])
+
+    doc = run("parallel_workers.py", tmp_path, env)
+    assert doc["cores"] == os.cpu_count() and set(doc["results"]) == {"preference_throughput", "eval_throughput"}
+    for r in doc["results"].values():
+        assert r["parallel"]["processes"] == 2 and len(r["parallel"]["wall_s"]) == 2
+        assert r["parallel"]["threads_each"] == max(os.cpu_count() // 2, 1) and r["work_per_hour_ratio"] > 0
+        assert all(v["one_process_tokens_per_s"] > 0 and v["parallel_tokens_per_s"] > 0 for v in r["parts"].values())
+    assert set(doc["results"]["eval_throughput"]["parts"]) == {"scoring forward", "generation"}
