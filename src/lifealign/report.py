@@ -448,7 +448,8 @@ def coverage(runs, expected):
 
 
 def compute_table(runs):
-    """CPU time each group took: the sum of the runs' training, SLMC and evaluation seconds."""
+    """Hours each group took: the sum of its runs' wall-clock training, SLMC and evaluation seconds
+    (runs that shared the machine each count in full)."""
     by_group = {}
     for r in runs:
         seconds = sum(r.results.get("timings", {}).get(k, 0) for k in ("model_load_s", "tokenize_s", "reference_s"))
