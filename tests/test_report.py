@@ -179,6 +179,10 @@ def test_numbers_test_seqft_bwt_against_zero_per_metric():
     assert set(n["seqft_bwt_by_metric"]) == {"reward_accuracy"}  # the runs have no generation metrics
     assert n["runs"] == 4 and n["seqft_bwt"] == -3.0 and n["lifealign_last"] == 65.0
     json.dumps(n)  # numbers.json
+    # One SeqFT seed borrows the spread pooled over other methods' seeds, as the verdicts do.
+    one = [make_run("seqft", 0, -5.0, 60.0)] + [make_run("er", s, bwt, 62.0) for s, bwt in enumerate((0.0, 1.0))]
+    seq = report.numbers(one)["seqft_bwt_by_metric"]["reward_accuracy"]
+    assert seq["test"] == "within noise" and seq["ci95_half"] == pytest.approx(12.706 * math.sqrt(0.5))
 
 
 def test_sensitivity_figure_puts_our_rougel_beside_the_papers_lambda_sweep(tmp_path):
