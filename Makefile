@@ -9,7 +9,7 @@ PROFILE ?=
 # dvc runs the stages' `python` from the venv; no usage analytics (no network here).
 DVC    := PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc
 
-.PHONY: install test test-fast data reproduce book model clean
+.PHONY: install test test-fast goldens data reproduce book model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: $(VENV)/.installed
 
 test-fast: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m "not slow" tests
+
+# Rewrite tests/goldens/ after a change of numbers; refuses unless RUN_CODE_VERSION was bumped.
+goldens: $(VENV)/.installed
+	$(BIN)/python tests/goldens.py --regenerate
 
 model: $(VENV)/.installed
 	$(BIN)/lifealign prepare-model smollm2-135m-instruct

@@ -456,6 +456,27 @@ def _cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
     return set()
 
 
+#: The CPU features that decide whether bf16 is native and which matmul kernels run.
+_KERNEL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def machine_description(device: str = "cpu") -> dict:
+    """What a run records about where it ran: the CPU model, its kernel-relevant flags, torch's
+    thread count and, on CUDA, the GPU. Runs compared with each other should share precision;
+    these fields show when their speed may differ."""
+    model = ""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "")
+    except OSError:
+        pass
+    description = {"cpu": model, "cpu_flags": sorted(_cpu_flags() & set(_KERNEL_FLAGS)),
+                   "threads": torch.get_num_threads()}
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        description["gpu"] = torch.cuda.get_device_name()
+    return description
+
+
 def pick_precision(device: str = "cpu") -> str:
     """Return ``"bf16"`` or ``"fp32"`` for training/inference on ``device``.
 

@@ -14,8 +14,9 @@ params.yaml, which also names the active profile:
 Each run of a group executes notebooks/experiment.ipynb with papermill. Its folder
 runs/<profile>/<group>/<run id>/ (adapters; DVC cache) resumes after a kill; its small results go to
 results/<profile>/<group>/<run id>/ (results.json, figures, the executed notebook; committed). A
-run whose committed results.json holds the same config is skipped, so a `dvc repro` on another
-machine continues with the runs still missing.
+run whose committed results hold the same config and the current run-code version
+(lifealign.run_code.RUN_CODE_VERSION) is done and skipped, so a `dvc repro` on another machine
+continues with the runs still missing; one made with another config or version is stale.
 
     python -m lifealign.pipeline run matrix        # the group's missing runs, active profile
     python -m lifealign.pipeline list              # every run of the active profile and its state
@@ -25,7 +26,6 @@ machine continues with the runs still missing.
     python -m lifealign.pipeline data              # materialise data/ (what `make data` runs)
 """
 import argparse
-import hashlib
 import itertools
 import json
 import os
@@ -40,17 +40,13 @@ import yaml
 from .config import ConfigError, load_config
 from .data import DataError
 from .io import read_json, write_text
+from .run_code import RUN_CODE_VERSION
 
 GROUPS = ("matrix", "ablation", "orders", "sensitivity")
 NOTEBOOKS = ("data", "method", "report")
 PROFILE_ENV = "LIFEALIGN_PROFILE"
 # Keys a run's config may differ in without its results going stale.
 _VOLATILE_KEYS = ("out", "progress", "cache_dir")
-# The modules a run's numbers depend on (the experiment notebook is added): a change to any of them
-# makes every run stale; the report, pipeline and book code do not.
-RUN_CODE = ("analysis.py", "config.py", "consolidation.py", "data.py", "evaluation.py", "generation.py", "io.py",
-            "judge.py", "losses.py", "metrics.py", "models.py", "reference.py", "runner.py", "strategies",
-            "training.py")
 
 
 def repo_root():
@@ -148,29 +144,20 @@ def _comparable(config):
     return {k: v for k, v in config.items() if k not in _VOLATILE_KEYS}
 
 
-def run_code_digest(root=None):
-    """SHA-256 over the run code (RUN_CODE) and the experiment notebook, file by file."""
-    root = Path(root or repo_root())
-    package = root / "src" / "lifealign"
-    files = [root / "notebooks" / "experiment.ipynb"]
-    for name in RUN_CODE:
-        path = package / name
-        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
-    h = hashlib.sha256()
-    for path in files:
-        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
+def run_state(profile_name, spec, root=None):
+    """'done' when the committed results were made with the config the run would use now and the
+    current run-code version; 'stale' when they exist but differ in either; 'missing' otherwise."""
+    folder = results_dir(profile_name, spec, root)
+    if not (folder / "results.json").exists() or not (folder / "provenance.json").exists():
+        return "missing"
+    saved = read_json(folder / "results.json").get("config", {})
+    same_code = read_json(folder / "provenance.json").get("run_code_version") == RUN_CODE_VERSION
+    same_config = _comparable(saved) == _comparable(run_config(profile_name, spec, root).to_dict())
+    return "done" if same_code and same_config else "stale"
 
 
 def is_done(profile_name, spec, root=None):
-    """A run is done when its committed results were made with the config it would run now and
-    with the same run code."""
-    folder = results_dir(profile_name, spec, root)
-    if not (folder / "results.json").exists() or not (folder / "provenance.json").exists():
-        return False
-    saved = read_json(folder / "results.json").get("config", {})
-    return (read_json(folder / "provenance.json").get("run_code") == run_code_digest(root)
-            and _comparable(saved) == _comparable(run_config(profile_name, spec, root).to_dict()))
+    return run_state(profile_name, spec, root) == "done"
 
 
 # ---------------------------------------------------------------- notebooks
@@ -209,14 +196,14 @@ def run_one(profile_name, spec, root=None):
     root = Path(root or repo_root())
     out_dir, res_dir = run_dir(profile_name, spec, root), results_dir(profile_name, spec, root)
     notebook = out_dir / "experiment.ipynb"
-    digest = run_code_digest(root)
+    version = str(RUN_CODE_VERSION)
     stamp, saved = out_dir / "run_code.txt", out_dir / "config.json"
     config = _comparable(run_config(profile_name, spec, root).to_dict())
-    if out_dir.exists() and (not stamp.exists() or stamp.read_text().strip() != digest
+    if out_dir.exists() and (not stamp.exists() or stamp.read_text().strip() != version
                              or (saved.exists() and _comparable(read_json(saved)) != config)):
         shutil.rmtree(out_dir)  # tasks finished by other code or another config must not be resumed
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(stamp, digest + "\n")
+    write_text(stamp, version + "\n")
     execute_notebook("experiment", notebook, {"config": config_path(profile_name),
                                               "overrides": run_overrides(profile_name, spec)}, root)
     tmp = res_dir.with_name(res_dir.name + ".tmp")
@@ -229,8 +216,9 @@ def run_one(profile_name, spec, root=None):
         elif src.exists():
             shutil.copy2(src, tmp / item)
     shutil.copy2(notebook, tmp / "experiment.ipynb")
-    write_text(tmp / "provenance.json", json.dumps({"run_code": digest, "run_id": spec.id, "group": spec.group,
-                                                    "profile": profile_name}, indent=1) + "\n")
+    provenance = {"run_code_version": RUN_CODE_VERSION, "run_id": spec.id, "group": spec.group,
+                  "profile": profile_name}
+    write_text(tmp / "provenance.json", json.dumps(provenance, indent=1) + "\n")
     shutil.rmtree(res_dir, ignore_errors=True)
     os.replace(tmp, res_dir)
     return res_dir
@@ -348,7 +336,7 @@ def main(argv=None):
     r.add_argument("runs", nargs="*", metavar="RUN_ID", help="only these runs of the group (default: all)")
     n = sub.add_parser("notebook", help="execute a notebook for the active profile")
     n.add_argument("name", choices=NOTEBOOKS)
-    sub.add_parser("list", help="every run of the active profile and whether it is done")
+    sub.add_parser("list", help="every run of the active profile: done, stale or missing")
     sub.add_parser("prepare-model", help="convert or download the active profile's model")
     d = sub.add_parser("data", help="materialise data/ from $LIFEALIGN_DATA_DIR or the pinned download")
     d.add_argument("--dest", default="data")
@@ -372,7 +360,7 @@ def main(argv=None):
             name, profile = active_profile(load_params(), args.profile)
             for group in GROUPS:
                 for spec in grid(profile, group):
-                    print(f"{group:12s} {spec.id:45s} {'done' if is_done(name, spec) else 'missing'}")
+                    print(f"{group:12s} {spec.id:45s} {run_state(name, spec)}")
     except (ConfigError, DataError) as err:
         sys.exit(f"error: {err}")
 

@@ -34,8 +34,9 @@ from .judge import Judge, JudgeConfig
 from .io import read_json, replace_dir, torch_save, write_json
 from .losses import PREFERENCE_LOSSES
 from .metrics import summarize
-from .models import add_lora, cache_root, load_model, model_fingerprint, pick_precision
+from .models import add_lora, cache_root, load_model, machine_description, model_fingerprint, pick_precision
 from .reference import ReferenceCache, autocast
+from .run_code import RUN_CODE_VERSION
 from .strategies import build_strategy
 from .training import (ListDataset, StageTrainer, clean_response, collate_pairs, collate_sft, encode_records,
                        example_lengths, make_preference_loss, sft_loss, training_arguments)
@@ -418,6 +419,8 @@ class ContinualLoop:
             "training": [tr for _, tr in rows],
             "timings": self.timings,
             "versions": _versions(),
+            "run_code_version": RUN_CODE_VERSION,
+            "machine": machine_description(self.device),
             "world_size": self.world_size,
             **extra,
         }

@@ -234,7 +234,10 @@ class StageTrainer(Trainer):
             loss = loss + extra
         if model.training:
             self.tokens_seen += int(inputs["attention_mask"].sum())
-            self.stage_stats.append({k: float(v) for k, v in outputs.get("log", {}).items()})
+            stats = {k: float(v) for k, v in outputs.get("log", {}).items()}
+            if extra is not None:
+                stats["extra_loss"] = float(extra.detach())
+            self.stage_stats.append(stats)
         return (loss, outputs) if return_outputs else loss
 
     def _remove_unused_columns(self, dataset, description=None):
