@@ -68,3 +68,18 @@ def test_benchmarks_smoke(fake_release, tmp_path):
         assert r["parallel"]["threads_each"] == max(os.cpu_count() // 2, 1) and r["work_per_hour_ratio"] > 0
         assert all(v["one_process_tokens_per_s"] > 0 and v["parallel_tokens_per_s"] > 0 for v in r["parts"].values())
     assert set(doc["results"]["eval_throughput"]["parts"]) == {"scoring forward", "generation"}
+
+
+@pytest.mark.slow  # three processes, ~1 min
+def test_gpu_check_smoke(fake_release, tmp_path):
+    """The GPU check's one command runs its three steps on the CPU and writes one JSON."""
+    env = dict(os.environ, LIFEALIGN_DATA_DIR=str(fake_release), LIFEALIGN_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--smoke", "--out", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=400)
+    doc = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert proc.returncode == 0 and doc["ok"], json.dumps(doc["steps"], indent=1)[-4000:]
+    assert set(doc["steps"]) == {"tests", "arch", "smollm"}
+    if doc["device"] == "cpu":  # collected, skipped: the CUDA tests exist and run where there is a GPU
+        assert doc["steps"]["tests"]["skipped"] >= 3 and doc["steps"]["tests"]["failed"] == 0
+    assert doc["steps"]["arch"]["results"]["smoke"]["tokens_per_s"] > 0
+    assert doc["steps"]["smollm"]["run"]["complete"]
