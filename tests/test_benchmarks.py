@@ -83,3 +83,15 @@ def test_gpu_check_smoke(fake_release, tmp_path):
         assert doc["steps"]["tests"]["skipped"] >= 3 and doc["steps"]["tests"]["failed"] == 0
     assert doc["steps"]["arch"]["results"]["smoke"]["tokens_per_s"] > 0
     assert doc["steps"]["smollm"]["run"]["complete"]
+
+
+@pytest.mark.slow  # two tiny runs in two processes, ~40 s
+def test_whole_run_smoke(fake_release, tmp_path):
+    """Before and after code run the same config back to back; the JSON holds both and the ratios."""
+    env = dict(os.environ, LIFEALIGN_DATA_DIR=str(fake_release), LIFEALIGN_CACHE=str(tmp_path / "cache"))
+    doc = run("whole_run.py", tmp_path, env, "--before", "HEAD")
+    assert set(doc["runs"]) == {"before", "after"}
+    for r in doc["runs"].values():
+        assert r["wall_s"] > r["train_s"] > 0 and r["eval_s"] > 0 and r["precision"] in ("bf16", "fp32")
+    assert doc["ratios"]["wall_s"] > 0 and doc["ratios"]["grid_wall_s"] > 0
+    assert doc["matrix_max_abs_difference"]["reward_accuracy"] <= 100 / 8  # same code: the same run
