@@ -94,4 +94,4 @@ def test_whole_run_smoke(fake_release, tmp_path):
     for r in doc["runs"].values():
         assert r["wall_s"] > r["train_s"] > 0 and r["eval_s"] > 0 and r["precision"] in ("bf16", "fp32")
     assert doc["ratios"]["wall_s"] > 0 and doc["ratios"]["grid_wall_s"] > 0
-    assert doc["matrix_max_abs_difference"]["reward_accuracy"] <= 100 / 8  # same code: the same run
+    assert all(d < 1e-6 for d in doc["matrix_max_abs_difference"].values())  # same code: the same numbers
