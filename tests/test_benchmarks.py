@@ -95,3 +95,11 @@ def test_whole_run_smoke(fake_release, tmp_path):
         assert r["wall_s"] > r["train_s"] > 0 and r["eval_s"] > 0 and r["precision"] in ("bf16", "fp32")
     assert doc["ratios"]["wall_s"] > 0 and doc["ratios"]["grid_wall_s"] > 0
     assert all(d < 1e-6 for d in doc["matrix_max_abs_difference"].values())  # same code: the same numbers
+
+
+@pytest.mark.slow  # one process, ~15 s
+def test_stage_profile_smoke(fake_release, tmp_path):
+    env = dict(os.environ, LIFEALIGN_DATA_DIR=str(fake_release), LIFEALIGN_CACHE=str(tmp_path / "cache"))
+    doc = run("stage_profile.py", tmp_path, env)
+    assert abs(sum(doc["group_share_pct"].values()) - 100) < 1 and doc["group_share_pct"]["matmul"] > 0
+    assert doc["steps"] > 0 and doc["tokens_per_s"] > 0 and doc["top_ops"][0]["self_ms"] > 0
