@@ -165,7 +165,7 @@ def test_learned_table_marks_tasks_above_chance_beyond_two_se():
         r.results["config"]["data"]["n_test"] = 64  # two se of chance: 12.5 points
     rows, columns = report.learned_table(runs)
     assert [r["learned (above chance beyond 2 se) by"] for r in rows] == ["SeqFT", "none", "SeqFT"]
-    assert rows[0]["SeqFT: trained → end"] == "90.0 → 80.0" and rows[0]["chance ± 2 se"] == "50 ± 12.5"
+    assert rows[0]["SeqFT: trained → end"] == "90.0 → 80.0" and rows[0]["chance band (2 se)"] == "37.5 to 62.5"
     assert report.learned_table([]) == ([], ["task"])
 
 
@@ -200,3 +200,38 @@ def test_sensitivity_figure_puts_our_rougel_beside_the_papers_lambda_sweep(tmp_p
     ours = [c for c in fig.axes[2].containers if c.get_label() == "ours: ROUGE-L BWT"]
     line = ours[0].lines[0]
     assert len(ours) == 1 and list(line.get_xdata()) == [0.0, 0.5, 1.0] and list(line.get_ydata()) == [2.0, 1.0, 0.5]
+
+
+def test_long_tables_split_per_metric_without_empty_paper_columns():
+    rows = [{"method": "ER", "metric": "implicit-reward accuracy", "seeds": 3, "BWT ours": "1.00 ± 0.50",
+             "BWT paper": "–", "BWT diff": "–"},
+            {"method": "ER", "metric": "BLEU-4", "seeds": 3, "BWT ours": "-3.00 ± 1.00", "BWT paper": "-6.29",
+             "BWT diff": "+3.29"},
+            {"method": "ER", "metric": "LLM judge", "seeds": 3, "BWT ours": "–", "BWT paper": "–", "BWT diff": "–"}]
+    columns = ["method", "metric", "seeds", "BWT ours", "BWT paper", "BWT diff"]
+    parts = report.split_by_metric(rows, columns)
+    assert [p[0] for p in parts] == ["implicit-reward accuracy", "BLEU-4"]  # the judge has no value at all
+    assert parts[0][2] == ["method", "seeds", "BWT"] and parts[0][1][0]["BWT"] == "1.00 ± 0.50"
+    assert parts[1][2] == ["method", "seeds", "BWT ours", "BWT paper", "BWT diff"]
+    assert "**BLEU-4**" in report.markdown_by_metric(rows, columns)
+
+
+def test_coverage_says_which_runs_are_stale_and_why():
+    runs = [make_run("seqft", s, 0, 50) for s in range(2)]
+    expected = {"matrix": ["seqft-order1-s0", "seqft-order1-s1"]}
+    why = "made by run code version 1, now 2"
+    rows, columns = report.coverage(runs, expected, {("matrix", r.id): why for r in runs})
+    assert columns[-1] == "stale" and rows[0]["stale"] == f"all 2 ({why})"
+    rows, _ = report.coverage(runs, expected, {})
+    assert rows[0]["stale"] == "none"
+
+
+def test_verdict_evidence_reads_as_a_list_with_standard_errors():
+    runs = [make_run(m, s, b, 60.0 + s) for m, bs in (("seqft", (-3.0, -2.0, -4.0)), ("er", (1.0, 0.0, 2.0)),
+                                                       ("lifealign", (0.5, 0.7))) for s, b in enumerate(bs)]
+    rows = report.verdicts(runs)[0]
+    third = rows[2]
+    items = report.evidence_items(third)
+    assert items[0].startswith("LifeAlign BWT 0.60 ± 0.14") and all("(se " in i for i in items[1:])
+    text = report.verdicts_markdown(rows)
+    assert text.startswith("| claim | verdict |") and "\n- BWT, LifeAlign - SeqFT: " in text

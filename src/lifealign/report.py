@@ -8,6 +8,11 @@ Welch-Satterthwaite degrees of freedom, where a single-seed value borrows the po
 of the profile's multi-seed runs (and its degrees of freedom). |difference| > t_crit * se decides,
 else "within noise". With one or two seeds t_crit is large (12.7 at one degree of freedom): few
 seeds rarely decide anything, as they should not.
+
+Notation, the same in every table and figure: "a ± b" is a mean and the sample standard deviation of
+its seeds; a difference is written "d (se s, word)" with s its standard error; "95% CI half-width h"
+is the half-width of a 95% confidence interval. Figures are drawn with seaborn; their error bars are
+the seeds' standard deviation.
 """
 import csv
 import json
@@ -17,6 +22,7 @@ from pathlib import Path
 
 from .data import ORDERS, TASKS
 from .io import write_text
+from .run_code import RUN_CODE_VERSION
 
 # Our matrices: judge-free (every run) and the generation metrics the paper also reports.
 METRIC_NAMES = {
@@ -27,6 +33,9 @@ METRIC_NAMES = {
     "judge": "LLM judge",
 }
 PAPER_METRICS = ("bleu4", "rougel", "judge")
+# Short names for table columns and figure labels.
+METRIC_SHORT = {"reward_accuracy": "reward acc.", "loglik_accuracy": "log-lik. acc.", "bleu4": "BLEU-4",
+                "rougel": "ROUGE-L", "judge": "judge"}
 SUMMARY_KEYS = ("bwt", "last", "ap")
 SUMMARY_LABELS = {"bwt": "BWT", "last": "Last", "ap": "AP", "fwt": "FWT", "forgetting": "forgetting"}
 MAIN_METHODS = ("seqft", "l2p", "olora", "er", "gem", "agem", "ewc", "cppo", "lifealign", "stl", "mtl")
@@ -46,6 +55,7 @@ class Run:
     seed: int
     sweep: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)
+    code_version: int | None = None  # the run code's version that made it (provenance.json)
 
     def summary(self, metric, key):
         """A summary of the run's matrix. STL's rows are separate single-task models: its only
@@ -88,8 +98,10 @@ def load_runs(results_root, excluded=None):
         for key in ("slmc_lambda", "slmc_threshold"):
             if f"-{key}" in path.parent.name:
                 sweep[key] = method[key]
+        provenance = path.parent / "provenance.json"
+        version = json.loads(provenance.read_text()).get("run_code_version") if provenance.exists() else None
         runs.append(Run(path.parent.parent.name, path.parent.name, method["name"],
-                        order_name(cfg["data"]["order"]), cfg["seed"], sweep, res))
+                        order_name(cfg["data"]["order"]), cfg["seed"], sweep, res, version))
     return runs
 
 
@@ -239,11 +251,6 @@ def fmt(value, digits=2, signed=False):
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def col(metric, key, *words):
-    """A column name such as 'BLEU-4 BWT paper'."""
-    return " ".join([METRIC_NAMES.get(metric, metric), SUMMARY_LABELS.get(key, key), *words])
-
-
 def fmt_stats(s, digits=2):
     if s["mean"] is None:
         return "–"
@@ -286,7 +293,7 @@ def main_table(runs, paper_dir, metrics=("bleu4", "rougel")):
 
 
 def intransigence(run, stl_runs, metric):
-    """Intransigence vs STL (spec section 7): mean over tasks of STL's score on the task (a fresh
+    """Intransigence vs STL: mean over tasks of STL's score on the task (a fresh
     model trained on it alone, mean over STL seeds) minus the run's score right after training it.
     Positive: the method learns new tasks worse than a fresh model would."""
     if run.method in ("stl", "mtl") or not stl_runs:
@@ -321,52 +328,53 @@ def judge_free_table(runs, metrics=("reward_accuracy", "loglik_accuracy")):
     return rows, columns
 
 
+def _summary_cells(row, ours, theirs, key):
+    """BWT / Last / AP cells of a long table: ours (mean ± sd), the paper's, and the difference."""
+    label = SUMMARY_LABELS[key]
+    row[f"{label} ours"] = fmt_stats(ours)
+    row[f"{label} paper"] = fmt(theirs)
+    row[f"{label} diff"] = fmt(ours["mean"] - theirs if ours["mean"] is not None and theirs is not None else None,
+                               signed=True)
+
+
+def _summary_columns(keys):
+    return [f"{SUMMARY_LABELS[k]} {w}" for k in keys for w in ("ours", "paper", "diff")]
+
+
 def ablation_table(runs, paper_dir, metrics=("reward_accuracy", "bleu4")):
-    """The {DPO, FPO} x {no SLMC, SLMC} grid, all with replay; paper rows a-d beside ours."""
+    """The {DPO, FPO} x {no SLMC, SLMC} grid, all with replay: one row per ablation row (a-d, as the
+    paper letters them) and metric, ours beside the paper's (it reports BLEU-4 and its judge)."""
     paper = {r["row"]: r for r in read_csv(Path(paper_dir) / "ablation_qwen_order1.csv")}
     rows = []
-    for letter, method, fpo, slmc in ABLATION:
-        row = {"row": letter, "FPO": "yes" if fpo else "no", "SLMC": "yes" if slmc else "no",
-               "method": LABELS[method], "seeds": len(select(runs, ("matrix", "ablation"), method, "order1"))}
-        for metric in metrics:
-            for key in ("bwt", "last", "ap"):
-                ours = method_stats(runs, method, metric, key)
-                row[col(metric, key, "ours")] = fmt_stats(ours)
-                if metric in ("bleu4", "judge"):
-                    theirs = _num(paper[letter].get(f"{metric}_{key}"))
-                    row[col(metric, key, "paper")] = fmt(theirs)
-                    row[col(metric, key, "diff")] = fmt(ours["mean"] - theirs if ours["mean"] is not None
-                                                        and theirs is not None else None, signed=True)
-        rows.append(row)
-    columns = ["row", "FPO", "SLMC", "method", "seeds"] + [
-        col(m, k, w) for m in metrics for k in ("bwt", "last", "ap")
-        for w in (("ours", "paper", "diff") if m in ("bleu4", "judge") else ("ours",))]
-    return rows, columns
+    for metric in metrics:
+        for letter, method, fpo, slmc in ABLATION:
+            row = {"row": letter, "FPO": "yes" if fpo else "no", "SLMC": "yes" if slmc else "no",
+                   "method": LABELS[method], "metric": METRIC_NAMES[metric],
+                   "seeds": len(select(runs, ("matrix", "ablation"), method, "order1"))}
+            for key in SUMMARY_KEYS:
+                _summary_cells(row, method_stats(runs, method, metric, key), _num(paper[letter].get(f"{metric}_{key}")),
+                               key)
+            rows.append(row)
+    return rows, ["row", "FPO", "SLMC", "method", "metric", "seeds"] + _summary_columns(SUMMARY_KEYS)
 
 
-def orders_table(runs, paper_dir, metric="reward_accuracy", paper_metric="bleu4"):
-    """ER, CPPO and LifeAlign over the three orders: our BWT/Last on `metric`, and on `paper_metric`
-    beside the paper's (its BLEU-4) with the difference."""
+def orders_table(runs, paper_dir, metrics=("reward_accuracy", "bleu4")):
+    """ER, CPPO and LifeAlign over the three orders: one row per order, method and metric, our BWT
+    and Last beside the paper's (it reports BLEU-4, ROUGE-L and its judge per order)."""
     paper = {(r["metric"], r["order"]): r for r in read_csv(Path(paper_dir) / "task_orders_qwen.csv")}
     rows = []
-    for order in ("order1", "order2", "order3"):
-        for method in ("er", "cppo", "lifealign"):
-            chosen = select(runs, ("matrix", "orders"), method, order)
-            row = {"order": order, "method": LABELS[method], "seeds": len(chosen)}
-            for key in ("bwt", "last"):
-                ours = method_stats(runs, method, metric, key, order=order, groups=("matrix", "orders"))
-                row[col(metric, key, "ours")] = fmt_stats(ours)
-                p = paper.get((f"{paper_metric}_{key}", order))
-                theirs = _num(p[LABELS[method]]) if p else None
-                ours_gen = method_stats(runs, method, paper_metric, key, order=order, groups=("matrix", "orders"))
-                row[col(paper_metric, key, "ours")] = fmt_stats(ours_gen)
-                row[col(paper_metric, key, "paper")] = fmt(theirs)
-                row[col(paper_metric, key, "diff")] = fmt(ours_gen["mean"] - theirs if ours_gen["mean"] is not None
-                                                          and theirs is not None else None, signed=True)
-            rows.append(row)
-    columns = ["order", "method", "seeds"] + [col(metric, k, "ours") for k in ("bwt", "last")] + \
-              [col(paper_metric, k, w) for k in ("bwt", "last") for w in ("ours", "paper", "diff")]
-    return rows, columns
+    for metric in metrics:
+        for order in ("order1", "order2", "order3"):
+            for method in ("er", "cppo", "lifealign"):
+                row = {"order": order, "method": LABELS[method], "metric": METRIC_NAMES[metric],
+                       "seeds": len(select(runs, ("matrix", "orders"), method, order))}
+                for key in ("bwt", "last"):
+                    p = paper.get((f"{metric}_{key}", order))
+                    _summary_cells(row, method_stats(runs, method, metric, key, order=order,
+                                                     groups=("matrix", "orders")),
+                                   _num(p[LABELS[method]]) if p else None, key)
+                rows.append(row)
+    return rows, ["order", "method", "metric", "seeds"] + _summary_columns(("bwt", "last"))
 
 
 def sweep_points(runs, key, default, metric="reward_accuracy", keys=("bwt", "last", "ap")):
@@ -383,29 +391,49 @@ def sweep_points(runs, key, default, metric="reward_accuracy", keys=("bwt", "las
     return [(v, {k: stats([r.summary(metric, k) for r in rs]) for k in keys}) for v, rs in sorted(points.items())]
 
 
-def sensitivity_table(runs, paper_dir, default_lambda, default_theta, metric="reward_accuracy",
-                      paper_metric="rougel"):
-    """LifeAlign over lambda and theta: our BWT/Last on `metric`; on `paper_metric` (ROUGE-L, what
-    the paper's sweep reports beside its judge) ours, the paper's and the difference."""
+def sensitivity_table(runs, paper_dir, default_lambda, default_theta, metrics=("reward_accuracy", "rougel", "judge")):
+    """LifeAlign over lambda and theta: one row per setting, value and metric, our BWT and Last beside
+    the paper's lambda sweep (ROUGE-L and its judge; its theta sweep was not recovered)."""
     paper = {float(r["lambda"]): r for r in read_csv(Path(paper_dir) / "lambda_sweep_qwen_order1.csv")}
     rows = []
-    for key, default in (("slmc_lambda", default_lambda), ("slmc_threshold", default_theta)):
-        ours_gen = dict(sweep_points(runs, key, default, paper_metric))
-        for value, s in sweep_points(runs, key, default, metric):
-            p = paper.get(float(value)) if key == "slmc_lambda" else None
-            row = {"setting": "lambda" if key == "slmc_lambda" else "theta", "value": value, "seeds": s["bwt"]["n"],
-                   col(metric, "bwt", "ours"): fmt_stats(s["bwt"]), col(metric, "last", "ours"): fmt_stats(s["last"])}
-            for k in ("bwt", "last"):
-                ours = ours_gen.get(value, {}).get(k, {"mean": None})
-                theirs = _num(p[f"{paper_metric}_{k}"]) if p else None
-                row[col(paper_metric, k, "ours")] = fmt_stats(ours)
-                row[col(paper_metric, k, "paper")] = fmt(theirs)
-                row[col(paper_metric, k, "diff")] = fmt(ours["mean"] - theirs if ours["mean"] is not None
-                                                        and theirs is not None else None, signed=True)
-            row[col("judge", "bwt", "paper")] = fmt(_num(p["judge_bwt"])) if p else "–"
-            rows.append(row)
-    return rows, ["setting", "value", "seeds", col(metric, "bwt", "ours"), col(metric, "last", "ours")] + [
-        col(paper_metric, k, w) for k in ("bwt", "last") for w in ("ours", "paper", "diff")] + [col("judge", "bwt", "paper")]
+    for metric in metrics:
+        for key, default in (("slmc_lambda", default_lambda), ("slmc_threshold", default_theta)):
+            ours = dict(sweep_points(runs, key, default, metric))
+            for value, s in sweep_points(runs, key, default, "reward_accuracy"):
+                p = paper.get(float(value)) if key == "slmc_lambda" else None
+                row = {"setting": "lambda" if key == "slmc_lambda" else "theta", "value": value,
+                       "metric": METRIC_NAMES[metric], "seeds": s["bwt"]["n"]}
+                for k in ("bwt", "last"):
+                    _summary_cells(row, ours.get(value, {}).get(k, {"mean": None}),
+                                   _num(p.get(f"{metric}_{k}")) if p else None, k)
+                rows.append(row)
+    return rows, ["setting", "value", "metric", "seeds"] + _summary_columns(("bwt", "last"))
+
+
+def split_by_metric(rows, columns):
+    """A long table (one row per ... and metric) as one table per metric: [(metric, rows, columns)].
+    Per metric, the paper and diff columns are left out where the paper has no value, and a metric
+    with no value of ours and none of the paper's is left out; "BWT ours" reads "BWT" when there is
+    no paper column beside it."""
+    empty = ("", "–", "n/a")
+    out = []
+    for metric in dict.fromkeys(r["metric"] for r in rows):
+        part = [r for r in rows if r["metric"] == metric]
+        keep = [c for c in columns if c != "metric" and not (
+            c.endswith((" paper", " diff")) and all(r.get(c, "") in empty for r in part))]
+        values = [c for c in keep if c.endswith((" ours", " paper"))]
+        if values and all(r.get(c, "") in empty for r in part for c in values):
+            continue
+        names = {c: c[:-len(" ours")] if c.endswith(" ours") and f"{c[:-len(' ours')]} paper" not in keep else c
+                 for c in keep}
+        out.append((metric, [{names[c]: r.get(c, "") for c in keep} for r in part], [names[c] for c in keep]))
+    return out
+
+
+def markdown_by_metric(rows, columns, note=""):
+    """split_by_metric as markdown: a bold heading per metric (with `note` after it), then its table."""
+    return "\n".join(f"**{metric}**{note}\n\n" + markdown(part, cols)
+                     for metric, part, cols in split_by_metric(rows, columns))
 
 
 def learned_table(runs, metric="reward_accuracy", methods=("seqft", "er", "lifealign")):
@@ -422,7 +450,8 @@ def learned_table(runs, metric="reward_accuracy", methods=("seqft", "er", "lifea
         n = (first.get("data", {}).get(task, {}).get("test", {}).get("used")
              or first["config"]["data"].get("n_test"))
         band = 2 * 100 * math.sqrt(0.25 / n) if n else None
-        row = {"task": task_label(task), "test pairs": n or "–", "chance ± 2 se": f"50 ± {fmt(band, 1)}"}
+        row = {"task": task_label(task), "test pairs": n or "–",
+               "chance band (2 se)": f"{fmt(50 - band, 1)} to {fmt(50 + band, 1)}" if band else "–"}
         learned = []
         for m, rs in chosen.items():
             cells = [r.results["metrics"][metric]["matrix"] for r in rs if len(r.results["rows"]) == len(first["rows"])]
@@ -435,16 +464,25 @@ def learned_table(runs, metric="reward_accuracy", methods=("seqft", "er", "lifea
     return rows, list(rows[0])
 
 
-def coverage(runs, expected):
+def coverage(runs, expected, stale=None):
     """Which runs of the profile's grid the report has: `expected` = {group: [run ids]} (from
-    pipeline.grid). Rows: group, present / expected, the missing run ids."""
+    pipeline.grid). Rows: group, present / expected, the missing run ids; with `stale` =
+    {(group, run id): why} (the committed runs the pipeline would rerun), a column saying which and why."""
     have = {(r.group, r.id) for r in runs}
     rows = []
     for group, ids in expected.items():
         missing = [i for i in ids if (group, i) not in have]
-        rows.append({"group": group, "runs": f"{len(ids) - len(missing)} of {len(ids)}",
-                     "missing": ", ".join(missing) or "none"})
-    return rows, ["group", "runs", "missing"]
+        row = {"group": group, "runs": f"{len(ids) - len(missing)} of {len(ids)}", "missing": ", ".join(missing) or "none"}
+        if stale is not None:
+            reasons = {}
+            for i in ids:
+                if (group, i) in stale:
+                    reasons.setdefault(stale[(group, i)], []).append(i)
+            row["stale"] = "; ".join(f"all {len(ids_)} ({why})" if len(ids_) == len(ids) > 1 else
+                                     f"{len(ids_)} ({why})" if len(ids_) > 3 else f"{', '.join(ids_)} ({why})"
+                                     for why, ids_ in reasons.items()) or "none"
+        rows.append(row)
+    return rows, ["group", "runs", "missing"] + (["stale"] if stale is not None else [])
 
 
 def compute_table(runs):
@@ -464,10 +502,10 @@ def compute_table(runs):
     return [dict(g, hours=f"{g['hours']:.2f}") for g in rows + [total]], ["group", "runs", "hours"]
 
 
-# ---------------------------------------------------------------- verdicts (spec section 9)
+# ---------------------------------------------------------------- verdicts
 CONTINUAL = ("seqft", "l2p", "olora", "er", "gem", "agem", "ewc", "cppo")  # LifeAlign's rivals for Last
-# The headline claims (spec section 9), one verdict row each, in this order; the book lists the
-# paper's numbers for the same claims in the same order.
+# The paper's headline claims, one verdict row each, in this order; the book lists the paper's
+# numbers for the same claims in the same order.
 CLAIMS = (
     "LifeAlign has the best Last of the continual methods",
     "SeqFT and ER forget (negative BWT)",
@@ -506,7 +544,9 @@ def verdicts(runs, metric="reward_accuracy"):
 
     def versus(a, b, key):
         d, se, word = compare(a, b, pooled[key])
-        return f"{fmt(d, signed=True)} ± {fmt(se)} ({word})" if d is not None else "–"
+        if d is None:
+            return "–"
+        return f"{fmt(d, signed=True)} (se {fmt(se)}, {word})" if se is not None else f"{fmt(d, signed=True)} ({word})"
 
     rows = []
 
@@ -518,8 +558,8 @@ def verdicts(runs, metric="reward_accuracy"):
     present = [m for m in CONTINUAL if st(m, "last")["n"]]
     missing = [LABELS[m] for m in ("lifealign",) + CONTINUAL if not st(m, "last")["n"]]
     results = {m: compare(la["last"], st(m, "last"), pooled["last"]) for m in present}
-    add(CLAIMS[0], "Last, LifeAlign minus: " + ("; ".join(f"{LABELS[m]} {versus(la['last'], st(m, 'last'), 'last')}"
-                                                           for m in present) or "–"),
+    add(CLAIMS[0], "; ".join(f"Last, LifeAlign - {LABELS[m]}: {versus(la['last'], st(m, 'last'), 'last')}"
+                             for m in present) or "–",
         _judge([r[2] == "higher" for r in results.values()], [r[2] == "lower" for r in results.values()], missing),
         seeds((LABELS[m], st(m, "last")["n"]) for m in ("lifealign",) + tuple(present)))
 
@@ -530,7 +570,8 @@ def verdicts(runs, metric="reward_accuracy"):
         word, half = below_zero(s, pooled["bwt"])
         tests[m] = word
         if s["n"]:
-            parts.append(f"{LABELS[m]} BWT {fmt_stats(s)} (n = {s['n']}, 95% CI ± {fmt(half)}: {zero_text(word)})")
+            parts.append(f"{LABELS[m]} BWT {fmt_stats(s)} (n = {s['n']}, 95% CI half-width {fmt(half)}: "
+                         f"{zero_text(word)})")
     add(CLAIMS[1], "; ".join(parts) or "–",
         _judge([w == "below" for w in tests.values()], [w == "above" for w in tests.values()],
                [LABELS[m] for m in ("seqft", "er") if not st(m, "bwt")["n"]]),
@@ -540,8 +581,8 @@ def verdicts(runs, metric="reward_accuracy"):
     word, half = below_zero(la["bwt"], pooled["bwt"])
     rivals = [m for m in ("seqft", "er") if st(m, "bwt")["n"]]
     comps = {m: compare(la["bwt"], st(m, "bwt"), pooled["bwt"]) for m in rivals}
-    evidence = (f"LifeAlign BWT {fmt_stats(la['bwt'])} ({zero_text(word)}); minus " +
-                "; ".join(f"{LABELS[m]} {versus(la['bwt'], st(m, 'bwt'), 'bwt')}" for m in rivals)
+    evidence = ("; ".join([f"LifeAlign BWT {fmt_stats(la['bwt'])} ({zero_text(word)})"] +
+                          [f"BWT, LifeAlign - {LABELS[m]}: {versus(la['bwt'], st(m, 'bwt'), 'bwt')}" for m in rivals])
                 if la["bwt"]["n"] else "–")
     add(CLAIMS[2], evidence,
         _judge([r[2] == "higher" for r in comps.values()] + [word != "below"],
@@ -553,8 +594,8 @@ def verdicts(runs, metric="reward_accuracy"):
     a, b, c, d = (st(m, "bwt") for _, m, _, _ in ABLATION)
     slmc_gain, fpo_gain, on_top, slmc_vs_fpo = (compare(b, a, pooled["bwt"]), compare(c, a, pooled["bwt"]),
                                                 compare(d, b, pooled["bwt"]), compare(b, c, pooled["bwt"]))
-    add(CLAIMS[3], f"BWT, SLMC - neither (b - a) {versus(b, a, 'bwt')}; FPO - neither (c - a) {versus(c, a, 'bwt')}; "
-                   f"SLMC - FPO (b - c) {versus(b, c, 'bwt')}; both - SLMC (d - b) {versus(d, b, 'bwt')}",
+    add(CLAIMS[3], f"BWT, SLMC - neither (b - a): {versus(b, a, 'bwt')}; FPO - neither (c - a): {versus(c, a, 'bwt')}; "
+                   f"SLMC - FPO (b - c): {versus(b, c, 'bwt')}; both - SLMC (d - b): {versus(d, b, 'bwt')}",
         _judge([slmc_gain[2] == "higher", slmc_vs_fpo[2] == "higher", on_top[2] == "higher"],
                [slmc_gain[2] == "lower", slmc_vs_fpo[2] == "lower", on_top[2] == "lower"],
                [f"{letter} ({LABELS[m]})" for letter, m, _, _ in ABLATION if not st(m, "bwt")["n"]]),
@@ -571,8 +612,8 @@ def verdicts(runs, metric="reward_accuracy"):
             if r[0] is not None:
                 wins.append(r[2] == "higher")
                 losses.append(r[2] == "lower")
-                parts.append(f"{order} LifeAlign - {LABELS[m]} {versus(o['lifealign'], o[m], 'bwt')}")
-    add(CLAIMS[4], "BWT, " + ("; ".join(parts) or "–"), _judge(wins, losses, missing), seeds(counts))
+                parts.append(f"BWT {order}, LifeAlign - {LABELS[m]}: {versus(o['lifealign'], o[m], 'bwt')}")
+    add(CLAIMS[4], "; ".join(parts) or "–", _judge(wins, losses, missing), seeds(counts))
 
     # 6. Backbones: the cpu profile has one.
     add(CLAIMS[5], "not run: the CPU profile has one small backbone (the paper profile has the switches)",
@@ -597,6 +638,21 @@ def verdicts(runs, metric="reward_accuracy"):
     add(CLAIMS[6], "; ".join(parts) or "–", _judge(wins, losses, missing),
         seeds((f"lambda {v:g}", p["bwt"]["n"]) for v, p in sorted(points.items())))
     return rows, ["claim", "evidence", "seeds", "verdict"]
+
+
+def evidence_items(row):
+    """A verdict row's evidence as a list: one comparison (or one value) an item."""
+    return [] if row["evidence"] in ("", "–") else row["evidence"].split("; ")
+
+
+def verdicts_markdown(rows):
+    """Verdict rows as a reader reads them: a table of claim and verdict, then each claim's
+    comparisons as a list with the seeds behind them."""
+    parts = [markdown([{"claim": r["claim"], "verdict": r["verdict"]} for r in rows], ["claim", "verdict"])]
+    for r in rows:
+        items = "".join(f"- {e}\n" for e in evidence_items(r))
+        parts.append(f"**{r['claim']}**: *{r['verdict']}* (seeds: {r['seeds']})\n" + (f"\n{items}" if items else ""))
+    return "\n".join(parts)
 
 
 def numbers(runs, metric="reward_accuracy"):
@@ -629,6 +685,12 @@ def numbers(runs, metric="reward_accuracy"):
             word, half = below_zero(s, pooled_sd(runs, name, "bwt"))
             out["seqft_bwt_by_metric"][name] = dict(s, test=word, ci95_half=half)
     out["runs"] = len(runs)
+    # Which run-code versions made the runs (provenance.json), against the code's current one.
+    versions = {}
+    for r in runs:
+        versions[str(r.code_version)] = versions.get(str(r.code_version), 0) + 1
+    out["run_code_versions"] = dict(sorted(versions.items()))
+    out["run_code_version_now"] = RUN_CODE_VERSION
     return out
 
 
@@ -638,96 +700,190 @@ def task_label(name):
     return task.short if task else name
 
 
+def _style():
+    """seaborn's theme for every figure of the report: readable at the book's page width."""
+    import seaborn as sns
+
+    sns.set_theme(context="notebook", style="whitegrid", font_scale=0.9)
+    return sns
+
+
+def _matrix(rows, order, done):
+    """A score matrix as a DataFrame: the base row first, then one row per trained task."""
+    import pandas as pd
+
+    values = [[float("nan") if v is None else v for v in row] for row in rows]
+    return pd.DataFrame(values, index=["base"] + [task_label(t) for t in done], columns=[task_label(t) for t in order])
+
+
+def _heatmap(ax, frame, vmin, vmax, title, cbar_ax=None, digits=0):
+    sns = _style()
+    sns.heatmap(frame, ax=ax, vmin=vmin, vmax=vmax, cmap="viridis", annot=True, fmt=f".{digits}f",
+                annot_kws={"fontsize": 10}, linewidths=0.5, square=False, cbar=cbar_ax is not None,
+                cbar_ax=cbar_ax)
+    ax.set_title(title, fontsize=11)
+    ax.set_xlabel("evaluated task")
+    ax.set_ylabel("after training on")
+    ax.tick_params(axis="x", rotation=30)
+    ax.tick_params(axis="y", rotation=0)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
+
+
+def mean_matrix(runs, metric):
+    """(base row, matrix) of a metric averaged over runs with the same tasks (None where missing)."""
+    base = [mean_of(c) for c in zip(*[r.results["metrics"][metric]["base"] for r in runs])]
+    matrix = [[mean_of(c) for c in zip(*rows)] for rows in zip(*[r.results["metrics"][metric]["matrix"] for r in runs])]
+    return base, matrix
+
+
 def plot_heatmaps(runs, methods, metric, path, order="order1"):
-    """One matrix per method (seed 0): rows = after task (base first), columns = evaluated task."""
+    """One annotated matrix per method, averaged over its seeds, with one shared colorbar:
+    rows = after task (base first), columns = evaluated task."""
     import matplotlib.pyplot as plt
 
-    chosen = [next((r for r in select(runs, ("matrix", "ablation"), m, order) if r.seed == 0), None) for m in methods]
-    chosen = [r for r in chosen if r is not None]
+    chosen = {m: select(runs, ("matrix",), m, order) for m in methods}
+    chosen = {m: rs for m, rs in chosen.items() if rs}
     if not chosen:
         return None
-    fig, axes = plt.subplots(1, len(chosen), figsize=(3.6 * len(chosen), 3.4), squeeze=False)
-    for ax, r in zip(axes[0], chosen):
-        m = r.results["metrics"][metric]
-        rows = [m["base"]] + m["matrix"]
-        ax.imshow([[v if v is not None else float("nan") for v in row] for row in rows], vmin=0, vmax=100,
-                  cmap="viridis")
-        tasks = [task_label(t) for t in r.results["order"]]
-        ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(len(rows)), ["base"] + [task_label(t) for t in r.results["rows"]], fontsize=7)
-        for i, row in enumerate(rows):
-            for j, v in enumerate(row):
-                if v is not None:
-                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=6,
-                            color="white" if v < 60 else "black")
-        ax.set_title(f"{LABELS.get(r.method, r.method)} (BWT {fmt(m['summary'].get('bwt'), 1, True)})", fontsize=9)
-    fig.suptitle(f"{METRIC_NAMES.get(metric, metric)}: row = after task, column = evaluated task", fontsize=9)
+    _style()
+    cols = min(2, len(chosen))
+    nrows = math.ceil(len(chosen) / cols)
+    fig = plt.figure(figsize=(6.2 * cols + 0.6, 4.8 * nrows))
+    grid = fig.add_gridspec(nrows, cols + 1, width_ratios=[1] * cols + [0.04])
+    cbar_ax = fig.add_subplot(grid[:, cols])
+    for k, (method, rs) in enumerate(chosen.items()):
+        ax = fig.add_subplot(grid[k // cols, k % cols])
+        base, matrix = mean_matrix(rs, metric)
+        bwt = stats([r.summary(metric, "bwt") for r in rs])
+        _heatmap(ax, _matrix([base] + matrix, rs[0].results["order"], rs[0].results["rows"]), 0, 100,
+                 f"{LABELS.get(method, method)}: BWT {fmt_stats(bwt, 1)} ({len(rs)} seed{'s' if len(rs) > 1 else ''})",
+                 cbar_ax=cbar_ax if k == 0 else None)
+    cbar_ax.set_ylabel(f"{METRIC_NAMES.get(metric, metric)} (%)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=120)
     return fig
 
 
-def plot_forgetting(runs, methods, metric, path, order="order1"):
-    """Each task's score from the moment it is learned to the end (mean over seeds), per method."""
+def plot_run(run, path):
+    """Every metric's matrix of one run, annotated, each with its colorbar (one panel per metric)."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.0), squeeze=False, sharey=True)
+    metrics = [m for m in METRIC_NAMES if m in run.results.get("metrics", {})]
+    if not metrics:
+        return None
+    _style()
+    cols = min(2, len(metrics))
+    nrows = math.ceil(len(metrics) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(7.0 * cols, 4.8 * nrows), squeeze=False)
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes.flat, metrics):
+        m = run.results["metrics"][metric]
+        values = [v for row in [m["base"]] + m["matrix"] for v in row if v is not None]
+        accuracy = metric.endswith("accuracy")
+        vmin, vmax = (0, 100) if accuracy else (min(values, default=0), max(values, default=1))
+        bwt = m["summary"].get("bwt")
+        _heatmap(ax, _matrix([m["base"]] + m["matrix"], run.results["order"], run.results["rows"]), vmin, vmax,
+                 f"{METRIC_NAMES.get(metric, metric)}" + (f": BWT {fmt(bwt, 1, True)}" if bwt is not None else ""),
+                 cbar_ax=None, digits=0 if accuracy else 1)
+        fig.colorbar(ax.collections[0], ax=ax, fraction=0.05, pad=0.02)
+    fig.suptitle(f"{LABELS.get(run.method, run.method)}, {run.order}, seed {run.seed}", fontsize=12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return fig
+
+
+def _long(runs, metric, key, **labels):
+    """Rows {value, **labels} of one summary of each run, for seaborn (one row per seed)."""
+    return [dict(labels, value=r.summary(metric, key)) for r in runs if r.summary(metric, key) is not None]
+
+
+def plot_forgetting(runs, methods, metric, path, order="order1"):
+    """Each task's score from the moment it is learned to the end: mean over seeds with the seeds'
+    standard deviation as error bars, one panel per method."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    sns = _style()
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.6 * len(methods), 3.8), squeeze=False, sharey=True)
     for ax, method in zip(axes[0], methods):
         chosen = select(runs, ("matrix",), method, order)
         if not chosen:
             ax.set_visible(False)
             continue
-        order_tasks = chosen[0].results["order"]
+        tasks = chosen[0].results["order"]
         n = len(chosen[0].results["rows"])
-        for j, task in enumerate(order_tasks[:n]):
-            steps = list(range(j, n))
-            means = [stats([r.results["metrics"][metric]["matrix"][i][j] for r in chosen])["mean"] for i in steps]
-            ax.plot([s + 1 for s in steps], means, marker="o", ms=3, label=task_label(task))
-        ax.set_title(f"{LABELS.get(method, method)} ({len(chosen)} seed{'s' if len(chosen) > 1 else ''})", fontsize=9)
-        ax.set_xlabel("after task", fontsize=8)
-    axes[0][0].set_ylabel(METRIC_NAMES.get(metric, metric), fontsize=8)
-    axes[0][-1].legend(fontsize=6, loc="lower left")
+        points = [{"after task": i + 1, "task": task_label(task), "score": r.results["metrics"][metric]["matrix"][i][j]}
+                  for r in chosen for j, task in enumerate(tasks[:n]) for i in range(j, n)]
+        frame = pd.DataFrame(points).dropna()
+        sns.lineplot(frame, x="after task", y="score", hue="task", ax=ax, marker="o", errorbar="sd",
+                     err_style="bars", err_kws={"capsize": 3}, legend=ax is axes[0][-1])
+        ax.axhline(50, color="gray", lw=0.8, ls=":")
+        ax.set_xticks(range(1, n + 1))
+        ax.set_title(f"{LABELS.get(method, method)} ({len(chosen)} seed{'s' if len(chosen) > 1 else ''})", fontsize=11)
+    axes[0][0].set_ylabel(f"{METRIC_NAMES.get(metric, metric)} (%)")
+    if axes[0][-1].get_legend():
+        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=9, title="task")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=120)
     return fig
 
 
+def _bars(ax, frame, order, methods, errorbar):
+    """Grouped bars (x = order, hue = method); a method with no value in an order gets "n/a"."""
+    sns = _style()
+    palette = dict(zip([LABELS[m] for m in methods], sns.color_palette(n_colors=len(methods))))
+    if len(frame):
+        sns.barplot(frame, x="order", y="value", hue="method", order=order, hue_order=list(palette),
+                    palette=palette, errorbar=errorbar, capsize=0.15, err_kws={"linewidth": 1}, ax=ax, legend=False)
+    width = 0.8 / len(methods)
+    present = {(r["order"], r["method"]) for r in frame.to_dict("records")} if len(frame) else set()
+    for i, o in enumerate(order):
+        for k, label in enumerate(palette):
+            if (o, label) not in present:
+                ax.text(i + (k - (len(methods) - 1) / 2) * width, 0.03, "n/a", ha="center", va="bottom", fontsize=8,
+                        rotation=90, color=palette[label], transform=ax.get_xaxis_transform())
+    ax.set_xticks(range(len(order)), order)
+    ax.set_xlim(-0.5, len(order) - 0.5)
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xlabel("")
+    return palette
+
+
 def plot_orders(runs, paper_dir, metric, path, paper_metric="bleu4"):
-    """Bar grid: rows = BWT, Last; columns = ours (metric), the paper (paper_metric); bars = methods by order."""
+    """BWT (top) and Last (bottom) of ER, CPPO and LifeAlign in each order: the paper's BLEU-4, ours on
+    BLEU-4 (the same metric, mean with the seeds' sd) and ours on `metric` (its own panel)."""
     import matplotlib.pyplot as plt
+    import pandas as pd
+    from matplotlib.patches import Patch
 
     paper = {(r["metric"], r["order"]): r for r in read_csv(Path(paper_dir) / "task_orders_qwen.csv")}
     methods, orders = ("er", "cppo", "lifealign"), ("order1", "order2", "order3")
-    fig, axes = plt.subplots(2, 2, figsize=(8, 5.2))
-    width = 0.25
+    _style()
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     for row, key in enumerate(("bwt", "last")):
-        for col, source in enumerate(("ours", "paper")):
-            ax = axes[row][col]
-            for k, method in enumerate(methods):
-                values = []
-                for order in orders:
-                    if source == "ours":
-                        values.append(method_stats(runs, method, metric, key, order=order,
-                                                   groups=("matrix", "orders"))["mean"])
-                    else:
-                        p = paper.get((f"{paper_metric}_{key}", order))
-                        values.append(_num(p[LABELS[method]]) if p else None)
-                xs = [i + (k - 1) * width for i in range(3)]
-                ax.bar([x for x, v in zip(xs, values) if v is not None], [v for v in values if v is not None],
-                       width, label=LABELS[method], color=f"C{k}")
-                for x, v in zip(xs, values):
-                    if v is None:  # no run: no bar (a zero-height bar would read as a value of 0)
-                        ax.text(x, 0.03, "n/a", ha="center", va="bottom", fontsize=6, rotation=90, color=f"C{k}",
-                                transform=ax.get_xaxis_transform())
-            ax.set_xticks(range(3), orders, fontsize=8)
-            ax.set_xlim(-0.5, 2.5)
-            ax.axhline(0, color="black", lw=0.5)
-            name = METRIC_NAMES.get(metric if source == "ours" else paper_metric)
-            ax.set_title(f"{'ours' if source == 'ours' else 'paper'}: {name} {key.upper()}", fontsize=9)
-    from matplotlib.patches import Patch
-
-    axes[0][0].legend(handles=[Patch(color=f"C{k}", label=LABELS[m]) for k, m in enumerate(methods)], fontsize=7)
-    fig.tight_layout()
+        panels = (("ours", metric), ("ours", paper_metric), ("paper", paper_metric))
+        for c, (source, name) in enumerate(panels):
+            ax = axes[row][c]
+            if source == "ours":
+                frame = pd.DataFrame([p for o in orders for m in methods for p in _long(
+                    select(runs, ("matrix", "orders"), m, o), name, key, order=o, method=LABELS[m])],
+                    columns=["order", "method", "value"])
+                errorbar = "sd"
+            else:
+                frame = pd.DataFrame([{"order": o, "method": LABELS[m], "value": _num(paper[(f"{name}_{key}", o)][LABELS[m]])}
+                                      for o in orders for m in methods if (f"{name}_{key}", o) in paper],
+                                     columns=["order", "method", "value"]).dropna()
+                errorbar = None
+            palette = _bars(ax, frame, orders, methods, errorbar)
+            who = "ours (SmolLM2-135M)" if source == "ours" else "paper (Qwen2.5-7B, one seed)"
+            ax.set_title(f"{who}: {METRIC_SHORT.get(name, name)} {SUMMARY_LABELS[key]}", fontsize=10)
+            ax.set_ylabel(SUMMARY_LABELS[key])
+    fig.legend(handles=[Patch(color=c, label=m) for m, c in palette.items()], loc="upper center", ncol=3,
+               frameon=False, bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(path, dpi=110)
     return fig
 
@@ -739,38 +895,41 @@ def _plot_points(ax, points, key, **style):
 
 
 def plot_sensitivity(runs, paper_dir, default_lambda, default_theta, metric, path):
-    """BWT (top) and Last (bottom) against lambda and theta (ours, mean with seed sd as error bars
-    where a point has several seeds), and the paper's lambda sweep (judge and ROUGE-L) beside our
-    ROUGE-L over lambda, where the runs have it."""
+    """BWT (top) and Last (bottom) of LifeAlign against lambda and theta on `metric` (ours: mean with
+    the seeds' sd as error bars where a point has several seeds), and ROUGE-L against lambda: the
+    paper's sweep beside ours, where the runs have it (the same metric on the same axes)."""
     import matplotlib.pyplot as plt
 
+    _style()
     paper = read_csv(Path(paper_dir) / "lambda_sweep_qwen_order1.csv")
-    fig, axes = plt.subplots(2, 3, figsize=(11, 5.6))
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     for c, (key, default, label) in enumerate((("slmc_lambda", default_lambda, "lambda"),
                                                 ("slmc_threshold", default_theta, "theta"))):
         points = sweep_points(runs, key, default, metric)
         for r, k in enumerate(("bwt", "last")):
             ax = axes[r][c]
-            _plot_points(ax, points, k, fmt="o-")
-            ax.axvline(default, color="gray", lw=0.5, ls=":")
+            _plot_points(ax, points, k, fmt="o-", color="C0")
+            ax.axvline(default, color="gray", lw=0.8, ls=":")
             ax.set_xlim(*((-0.05, 1.05) if key == "slmc_lambda" else (min([0.65] + [p[0] for p in points]) - 0.02, 1.01)))
             if k == "bwt":
-                ax.axhline(0, color="black", lw=0.5)
+                ax.axhline(0, color="black", lw=0.6)
             ax.set_xlabel(label)
-            ax.set_title(f"ours: {METRIC_NAMES[metric]} {SUMMARY_LABELS[k]}", fontsize=9)
+            ax.set_ylabel(SUMMARY_LABELS[k])
+            ax.set_title(f"ours: {METRIC_SHORT[metric]} {SUMMARY_LABELS[k]} over {label}", fontsize=10)
     lam = [float(r["lambda"]) for r in paper]
     ours = [p for p in sweep_points(runs, "slmc_lambda", default_lambda, "rougel") if p[1]["bwt"]["mean"] is not None]
     for r, k in enumerate(("bwt", "last")):
         ax = axes[r][2]
-        ax.plot(lam, [_num(x[f"judge_{k}"]) for x in paper], "o-", label=f"paper: judge {SUMMARY_LABELS[k]}")
-        ax.plot(lam, [_num(x[f"rougel_{k}"]) for x in paper], "s--", label=f"paper: ROUGE-L {SUMMARY_LABELS[k]}")
+        ax.plot(lam, [_num(x[f"rougel_{k}"]) for x in paper], "s--", color="C1",
+                label=f"paper (Qwen2.5-7B): ROUGE-L {SUMMARY_LABELS[k]}")
         if ours:
-            _plot_points(ax, ours, k, fmt="^-", color="black", label=f"ours: ROUGE-L {SUMMARY_LABELS[k]}")
+            _plot_points(ax, ours, k, fmt="o-", color="C0", label=f"ours: ROUGE-L {SUMMARY_LABELS[k]}")
         if k == "bwt":
-            ax.axhline(0, color="black", lw=0.5)
+            ax.axhline(0, color="black", lw=0.6)
         ax.set_xlabel("lambda")
-        ax.set_title("paper (Qwen2.5-7B, read off its plot)" + (" and ours" if ours else ""), fontsize=9)
-        ax.legend(fontsize=7)
+        ax.set_ylabel(SUMMARY_LABELS[k])
+        ax.set_title(f"ROUGE-L {SUMMARY_LABELS[k]} over lambda", fontsize=10)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return fig
