@@ -17,7 +17,7 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     dir: str | None = None            # None: $LIFEALIGN_DATA_DIR, else ../shared/data/lifealign-release
-    order: str | list = "order1"      # an order name of spec section 6, or a list of task names
+    order: str | list = "order1"      # an order name (order1, order2, order3), or a list of task names
     n_train: int | None = 64          # pairs per task (None: all)
     n_test: int | None = 64
     on_invalid: str = "filter"        # empty or identical responses: "filter" (counted) or "error"

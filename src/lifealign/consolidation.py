@@ -1,4 +1,4 @@
-"""SLMC: short-to-long memory consolidation of LoRA updates (spec section 4).
+"""SLMC: short-to-long memory consolidation of LoRA updates, the memory part of LifeAlign.
 
 `consolidate` is the math for one matrix; `SLMC` holds the per-matrix state of a run: it snapshots
 every LoRA matrix when a stage starts, consolidates when it ends, writes the result back and keeps
@@ -60,7 +60,7 @@ def consolidate_with_stats(update, history, threshold=0.9, lam=0.5):
 
 
 def consolidate(update, history, threshold=0.9, lam=0.5):
-    """The refined update of one matrix (spec section 4); history: earlier refined updates."""
+    """The refined update of one matrix; history: earlier refined updates."""
     return consolidate_with_stats(update, history, threshold, lam)[0]
 
 

@@ -13,7 +13,7 @@ Reading is strict about structure and explicit about content:
   silently.
 
 Records come out as {"prompt", "chosen", "rejected", "index"}, index being the position in the file,
-and always in file order, so that replay's "first 20% of the rows" (spec section 5) keeps its meaning.
+and always in file order, so that replay's "first 20% of the rows" (the paper's replay) keeps its meaning.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # -----------------------------------------------------------------------------
-# the task suite (spec section 6)
+# the task suite: the paper's six preference tasks
 
 
 @dataclass(frozen=True)

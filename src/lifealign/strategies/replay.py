@@ -1,4 +1,4 @@
-"""Experience replay (spec section 5): the ER baseline, and part of LifeAlign.
+"""Experience replay: the ER baseline, and part of LifeAlign.
 
 Separate buffers for the SFT and the preference stage. When task t's training set has been built,
 the FIRST `fraction` of D_t's rows in file order join the buffer; the buffer keeps its oldest rows

@@ -1,4 +1,4 @@
-"""STL baseline (spec section 8): single-task learning, one fresh model per task.
+"""STL baseline: single-task learning, one fresh model per task.
 
 The LifeAlign paper lists STL (one model trained per task, no sequence) as a reference row and
 reports it as Last only. Here one run trains every task of the order from the same starting point:
