@@ -348,14 +348,14 @@ def ablation_table(runs, paper_dir, metrics=("reward_accuracy", "bleu4")):
     rows = []
     for metric in metrics:
         for letter, method, fpo, slmc in ABLATION:
-            row = {"row": letter, "FPO": "yes" if fpo else "no", "SLMC": "yes" if slmc else "no",
+            row = {"row": letter, "loss + SLMC": ("FPO" if fpo else "DPO") + (" + SLMC" if slmc else ""),
                    "method": LABELS[method], "metric": METRIC_NAMES[metric],
                    "seeds": len(select(runs, ("matrix", "ablation"), method, "order1"))}
             for key in SUMMARY_KEYS:
                 _summary_cells(row, method_stats(runs, method, metric, key), _num(paper[letter].get(f"{metric}_{key}")),
                                key)
             rows.append(row)
-    return rows, ["row", "FPO", "SLMC", "method", "metric", "seeds"] + _summary_columns(SUMMARY_KEYS)
+    return rows, ["row", "loss + SLMC", "method", "metric", "seeds"] + _summary_columns(SUMMARY_KEYS)
 
 
 def orders_table(runs, paper_dir, metrics=("reward_accuracy", "bleu4")):
@@ -432,8 +432,9 @@ def split_by_metric(rows, columns):
 
 def markdown_by_metric(rows, columns, note=""):
     """split_by_metric as markdown: a bold heading per metric (with `note` after it), then its table."""
-    return "\n".join(f"**{metric}**{note}\n\n" + markdown(part, cols)
-                     for metric, part, cols in split_by_metric(rows, columns))
+    text = "\n".join(f"**{metric}**{note}\n\n" + markdown(part, cols)
+                      for metric, part, cols in split_by_metric(rows, columns))
+    return text.replace(" ± ", "\u00a0±\u00a0")  # "mean ± sd" stays on one line in a narrow column
 
 
 def learned_table(runs, metric="reward_accuracy", methods=("seqft", "er", "lifealign")):
