@@ -15,11 +15,15 @@ The book renders what the pipeline wrote and runs no experiment. This script
 """
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
+
+import yaml
 
 BOOK = Path(__file__).resolve().parent
 ROOT = BOOK.parent
@@ -40,7 +44,7 @@ REQUIRED = [
     "report/orders.md", "report/sensitivity.md", "report/verdicts.csv", "report/verdicts.md",
     "report/compute.md", "report/numbers.json", "report/coverage.csv", "report/learned.md",
     "report/figures/heatmaps.png", "report/figures/forgetting.png", "report/figures/orders.png",
-    "report/figures/sensitivity.png",
+    "report/figures/sensitivity.png", "report/learned.csv", "report/compute.csv",
     "data/sizes.md", "data/lengths.md", "data/prompt_overlap.md", "data/lengths.png", "data/stats.json",
     "method/focal.png", "method/slmc_stages.md", "method/principal_angles.md", "method/principal_angles.png",
     "notebooks/data.ipynb", "notebooks/method.ipynb", "notebooks/report.ipynb", "model.json",
@@ -54,7 +58,7 @@ BENCH_COMMANDS = {
     "machinery_cost": ".venv/bin/python benchmarks/machinery_cost.py --run runs/lifealign-cpu",
     "parallel_workers": ".venv/bin/python benchmarks/parallel_workers.py",
 }
-# The paper's setting (spec sections 2 and 7), for the "what differs" table.
+# The paper's setting (its experimental setup and evaluation), for the "what differs" table.
 PAPER_SETUP = {
     "backbone": "Qwen2.5-7B-Instruct (also Mistral-7B, Llama-3-8B)",
     "tasks": "6, order1: " + ", ".join(TASKS),
@@ -167,14 +171,56 @@ def copy_results(results, experiment):
             table.write_text(table.read_text().replace(" ± ", "\u00a0±\u00a0"))
     shutil.copy2(results / "model.json", GEN / "model.json")
     NOTEBOOKS.mkdir()
-    for name in ("data", "method", "report"):
-        shutil.copy2(results / "notebooks" / f"{name}.ipynb", NOTEBOOKS / f"{name}.ipynb")
-    shutil.copy2(experiment, NOTEBOOKS / "experiment.ipynb")
-    # Per-run figures (every metric's matrix) of the main grid's seed-0 runs, for the per-task chapter.
-    for run in sorted(results.glob("matrix/*-s0/figures/matrices.png")):
-        target = GEN / "runs" / run.parent.parent.name / "matrices.png"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(run, target)
+    # The executed notebooks, their Colab badge (vendored image: the book works offline) and clone cell
+    # pointing at book/_config.yml's repository.
+    sources = {name: results / "notebooks" / f"{name}.ipynb" for name in ("data", "method", "report")}
+    for name, source in dict(sources, experiment=experiment).items():
+        (NOTEBOOKS / f"{name}.ipynb").write_text(with_links(source.read_text(), name, "/_static/colab-badge.svg"))
+
+
+# ---------------------------------------------------------------- the repository URL (book/_config.yml)
+COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
+BADGE_RE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
+CLONE_RE = re.compile(r"!git clone -q \S+ /content/lifealign")
+
+
+def repository():
+    """(url, branch) of `repository:` in book/_config.yml: the one place the repository is named."""
+    config = yaml.safe_load((BOOK / "_config.yml").read_text())["repository"]
+    return config["url"].rstrip("/"), config.get("branch", "main")
+
+
+def colab_url(name):
+    url, branch = repository()
+    path = urlparse(url).path.strip("/")
+    return f"https://colab.research.google.com/github/{path}/blob/{branch}/notebooks/{name}.ipynb"
+
+
+def with_links(notebook, name, badge_image=COLAB_BADGE):
+    """The notebook (JSON text) with its Colab badge and its clone cell pointing at the repository."""
+    url, _ = repository()
+    nb = json.loads(notebook)
+    for c in nb["cells"]:
+        text = "".join(c["source"])
+        new = BADGE_RE.sub(f"[![Open In Colab]({badge_image})]({colab_url(name)})", text)
+        new = CLONE_RE.sub(f"!git clone -q {url} /content/lifealign", new)
+        if new != text:
+            lines = new.split("\n")
+            c["source"] = [line + "\n" for line in lines[:-1]] + [lines[-1]]
+    return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+
+
+def sync_notebooks():
+    """Point the source notebooks' badges and clone cells at book/_config.yml's repository (a fork runs
+    this once after setting its URL). Returns the notebooks it changed."""
+    changed = []
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        text = path.read_text()
+        new = with_links(text, path.stem)
+        if json.loads(new) != json.loads(text):
+            path.write_text(new)
+            changed.append(path.relative_to(ROOT))
+    return changed
 
 
 # ---------------------------------------------------------------- step 2: generated pages parts
@@ -264,18 +310,11 @@ def seed_counts(results):
     return counts
 
 
-def write_paper_tables():
+def paper_claim_items():
+    """The paper's headline claims with its own numbers (Table 1, the ablation, the orders, the lambda
+    sweep), one item per verdict row (report.CLAIMS), in the same order."""
     paper = ROOT / "paper"
-    rows = report.read_csv(paper / "main_table_qwen_order1.csv")
-    names = {"bleu4": "BLEU-4", "rougel": "ROUGE-L", "judge": "Judge", "avg": "AVG"}
-    columns = ["method"] + [f"{names[m]} {k.upper() if k != 'last' else 'Last'}" for m in names
-                            for k in report.SUMMARY_KEYS]
-    out = [{"method": r["method"], **{f"{names[m]} {k.upper() if k != 'last' else 'Last'}": r[f"{m}_{k}"] or "–"
-                                      for m in names for k in report.SUMMARY_KEYS}} for r in rows]
-    write("paper_table1.md", md_table(out, columns))
-
-    # The headline claims (spec section 9) with the paper's own numbers, from its Table 1.
-    t1 = {r["method"]: r for r in rows}
+    t1 = {r["method"]: r for r in report.read_csv(paper / "main_table_qwen_order1.csv")}
     avg = lambda method, key: t1[method][f"avg_{key}"]  # noqa: E731
     abl = {r["row"]: r for r in report.read_csv(paper / "ablation_qwen_order1.csv")}
     lam = {float(r["lambda"]): r for r in report.read_csv(paper / "lambda_sweep_qwen_order1.csv")}
@@ -300,10 +339,28 @@ def write_paper_tables():
         f"$\\lambda \\ge 0.8$ collapses the judge's BWT ({high}).",
     ]
     assert len(items) == len(report.CLAIMS), "one paper claim per verdict row"
+    return items
+
+
+def write_paper_tables():
+    paper = ROOT / "paper"
+    rows = report.read_csv(paper / "main_table_qwen_order1.csv")
+    names = {"bleu4": "BLEU-4", "rougel": "ROUGE-L", "judge": "Judge", "avg": "AVG"}
+    columns = ["method"] + [f"{names[m]} {k.upper() if k != 'last' else 'Last'}" for m in names
+                            for k in report.SUMMARY_KEYS]
+    out = [{"method": r["method"], **{f"{names[m]} {k.upper() if k != 'last' else 'Last'}": r[f"{m}_{k}"] or "–"
+                                      for m in names for k in report.SUMMARY_KEYS}} for r in rows]
+    # Two tables of seven columns read better than one of thirteen.
+    write("paper_table1.md", "\n".join(md_table(out, [columns[0]] + columns[1 + 6 * half:7 + 6 * half])
+                                        for half in (0, 1)))
+
+    items = paper_claim_items()
     write("paper_claims.md", "\n".join(
         ["On Qwen2.5-7B-Instruct over six tasks, every number from a single seed with no confidence interval:", ""]
         + [f"{i}. {text}" for i, text in enumerate(items, 1)]))
 
+    t1 = {r["method"]: r for r in rows}
+    abl = {r["row"]: r for r in report.read_csv(paper / "ablation_qwen_order1.csv")}
     rows = report.read_csv(paper / "ablation_qwen_order1.csv")
     write("paper_ablation.md", md_table(rows, list(rows[0])))
     # Row a (DPO + replay) is ER by definition, but the paper prints other numbers for it than Table 1's ER.
@@ -344,22 +401,6 @@ def write_paper_tables():
         "The paper's order1 judge matrix of LifeAlign gives the BWT, Last and AP that its Table 1 prints."))
 
 
-def write_main_tables(results):
-    """report/main_table.csv (one row per method and metric) as one table per metric, easier to read
-    than the interleaved rows; a table without a metric column is shown whole."""
-    rows = report.read_csv(results / "report" / "main_table.csv")
-    columns = list(rows[0]) if rows else []
-    if "metric" not in columns:
-        write("main_split.md", (results / "report" / "main_table.md").read_text())
-        return
-    parts = []
-    for metric in dict.fromkeys(r["metric"] for r in rows):
-        table = [r for r in rows if r["metric"] == metric]
-        parts.append(f"**{metric}** (order1; ours: mean ± sd over seeds)\n\n"
-                     + md_table(table, [c for c in columns if c != "metric"]))
-    write("main_split.md", "\n".join(parts).replace(" ± ", "\u00a0±\u00a0"))
-
-
 def write_numbers(results):
     """Sentences of the introduction and the main results from numbers.json (implicit-reward accuracy)."""
     n = json.loads((results / "report" / "numbers.json").read_text())
@@ -381,31 +422,7 @@ def write_numbers(results):
         "On implicit-reward accuracy over the profile's order1 runs (mean ± standard deviation over seeds): "
         + "; ".join(parts) + "." if parts else "The profile has no SeqFT, ER or LifeAlign run yet."))
 
-    tables = {"reward_accuracy": results / "report" / "verdicts.csv"}
-    tables.update({m: results / "report" / f"verdicts_{m}.csv" for m in ("bleu4", "rougel")
-                   if (results / "report" / f"verdicts_{m}.csv").exists()})
-    verdicts = {m: report.read_csv(path) for m, path in tables.items()}
-
-    def tally(rows):
-        counts = {}
-        for r in rows:
-            word = "not yet run" if r["verdict"].startswith("not yet run") else r["verdict"]
-            counts[word] = counts.get(word, 0) + 1
-        return "; ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-
-    main = verdicts["reward_accuracy"]
-    write("verdict_tally.md", (
-        f"Of the paper's {len(main)} headline claims, at this profile's scale, on "
-        + "; on ".join(f"{report.METRIC_NAMES[m]}: {tally(rows)}" for m, rows in verdicts.items()) + "."))
-
-    # The same claims on the generation metrics, when the runs have them.
-    parts = []
-    for m in ("bleu4", "rougel"):
-        if m in tables:
-            parts += [f"**{report.METRIC_NAMES[m]}**", "", (results / "report" / f"verdicts_{m}.md").read_text()]
-    write("verdicts_generation.md", "\n".join(parts).replace(" ± ", "\u00a0±\u00a0") if parts else
-          "The profile's runs have no generation metrics (eval.generation is off), so the verdicts rest on the "
-          "judge-free scores alone.")
+    verdicts = verdict_tables(results)
 
     # Does SeqFT forget here? The verdict on "SeqFT and ER forget" per metric, with SeqFT's BWT.
     lines = []
@@ -475,8 +492,7 @@ def write_coverage(results):
                     f"results; missing: {', '.join(f'`{m}`' for m in r['missing'].split(', '))}. "
                     f"`python -m lifealign.pipeline run {r['group']}` (or `dvc repro`) computes them.")
         if r.get("stale", "none") != "none":
-            text += (f" Stale (config or run code changed since they ran): "
-                     f"{', '.join(f'`{m}`' for m in r['stale'].split(', '))}.")
+            text += f" Runs `dvc repro` would rerun: {r['stale']}."
         write(f"coverage_{r['group']}.md", text)
 
 
@@ -505,14 +521,243 @@ def write_observations(results):
 
 
 def write_run_gallery():
-    lines = []
+    """Every metric's matrix of each seed-0 run of the main grid (the report's figures/runs/), in a
+    dropdown that starts closed: eleven large figures would bury the chapter."""
     order = {m: i for i, m in enumerate(report.MAIN_METHODS)}
-    runs = [(p.parent.name.split("-order")[0].split("-s")[0], p.parent.name) for p in (GEN / "runs").glob("*/matrices.png")]
+    runs = [(p.stem.split("-order")[0], p.stem) for p in (GEN / "report" / "figures" / "runs").glob("*.png")]
+    lines = []
     for method, run in sorted(runs, key=lambda mr: (order.get(mr[0], len(order)), mr[1])):
-        lines += [f"```{{figure}} /_generated/runs/{run}/matrices.png", f":name: run-{run}", ":width: 100%", "",
-                  f"{report.LABELS.get(method, method)} (`{run}`): every metric's matrix, row = after task "
+        lines += [f"```{{figure}} /_generated/report/figures/runs/{run}.png", f":name: run-{run}", ":width: 100%", "",
+                  f"{report.LABELS.get(method, method)} (`{run}`): every metric's matrix, row = after training on "
                   f"(base first), column = evaluated task.", "```", ""]
-    write("run_gallery.md", "\n".join(lines) or "The profile has no seed-0 run in its matrix group.")
+    if not lines:
+        write("run_gallery.md", "The profile has no seed-0 run in its matrix group.")
+        return
+    write("run_gallery.md", "\n".join([f":::{{dropdown}} Every seed-0 run of the main grid ({len(runs)} figures)", ""]
+                                      + lines + [":::"]))
+
+
+# ---------------------------------------------------------------- the verdicts: page one and the claims
+VERDICT_METRICS = ("reward_accuracy", "bleu4", "rougel", "judge")
+# sphinx-design badge colours by verdict word
+BADGES = {report.CONFIRMED: "success", report.REFUTED: "danger", report.INCONCLUSIVE: "warning"}
+# Which page's experiment each claim rests on (the claim's verdict closes that page).
+CLAIM_PAGES = {0: "results", 1: "tasks", 2: "results", 3: "ablation", 4: "orders", 5: None, 6: "sensitivity"}
+
+
+def verdict_word(verdict):
+    """The short word of a verdict cell: confirmed, refuted, inconclusive, not yet run or not tested."""
+    if verdict == report.INCONCLUSIVE:
+        return "inconclusive"
+    if verdict.startswith("not yet run"):
+        return "not yet run"
+    return verdict
+
+
+def badge(verdict, target):
+    colour = BADGES.get(verdict, "muted")
+    return f"{{bdg-ref-{colour}}}`{verdict_word(verdict)} <{target}>`"
+
+
+def verdict_tables(results):
+    """{metric: verdict rows} for every metric the report judged (verdicts.csv is implicit-reward accuracy)."""
+    tables = {"reward_accuracy": results / "report" / "verdicts.csv"}
+    tables.update({m: results / "report" / f"verdicts_{m}.csv" for m in ("bleu4", "rougel", "judge")})
+    return {m: report.read_csv(path) for m, path in tables.items() if path.exists()}
+
+
+def target(claim, metric):
+    return f"verdict-{claim + 1}-{metric.replace('_', '-')}"
+
+
+def cell(verdicts, claim, metric):
+    rows = verdicts.get(metric)
+    return rows[claim]["verdict"] if rows else "not tested"
+
+
+def write_verdicts(results, cfg):
+    """The verdict grid of page one, each claim's evidence on the verdicts page, a claim's verdict at the
+    end of its experiment's page, and the three sentences that answer the reader's question."""
+    verdicts = verdict_tables(results)
+    names = {m: report.METRIC_SHORT[m] for m in VERDICT_METRICS}
+    claims = report.CLAIMS
+
+    # The grid: claims x metrics, each cell a coloured link to its evidence.
+    grid = [{"claim": f"{i + 1}. {claim}", **{names[m]: badge(cell(verdicts, i, m), target(i, m))
+                                              for m in VERDICT_METRICS}} for i, claim in enumerate(claims)]
+    write("verdict_grid.md", md_table(grid, ["claim"] + list(names.values())))
+
+    # Each claim with the paper's numbers and, per metric, our verdict and its comparisons.
+    paper = paper_claim_items()
+    parts = []
+    for i, claim in enumerate(claims):
+        parts += [f"({f'claim-{i + 1}'})=", f"### {i + 1}. {claim}", "", f"The paper: {paper_text(paper[i])}", ""]
+        for m in VERDICT_METRICS:
+            parts += [f"({target(i, m)})=", ""]
+            rows = verdicts.get(m)
+            if not rows:
+                parts += [f"**{report.METRIC_NAMES[m]}**: {badge('not tested', target(i, m))} "
+                          + ("the runs have no LLM judge scores (see {doc}`setup`)." if m == "judge"
+                             else "the runs have no scores on this metric."), ""]
+                continue
+            row = rows[i]
+            items = report.evidence_items(row)
+            parts += [f"**{report.METRIC_NAMES[m]}**: {badge(row['verdict'], target(i, m))}"
+                      + (f" (seeds: {row['seeds']})" if row["seeds"] not in ("", "–") else ""), ""]
+            if row["verdict"].startswith("not yet run"):
+                parts += [f"Missing: {row['verdict'].split('missing: ', 1)[-1].rstrip(')')}.", ""]
+            parts += [f"- {e}" for e in items] + [""]
+    write("verdict_claims.md", "\n".join(parts))
+
+    # The end of each experiment page: its claims' verdicts on every metric.
+    for page in {p for p in CLAIM_PAGES.values() if p}:
+        rows = [{"claim": f"{{ref}}`{i + 1}. {claims[i]} <claim-{i + 1}>`",
+                 **{names[m]: badge(cell(verdicts, i, m), target(i, m)) for m in VERDICT_METRICS}}
+                for i, p in CLAIM_PAGES.items() if p == page]
+        write(f"claim_{page}.md", md_table(rows, ["claim"] + list(names.values())))
+
+    # The answer in three sentences: what reproduced, what did not, why the rest is undecided.
+    def by_claim(word):
+        found = {}
+        for m, rows in verdicts.items():
+            for i, r in enumerate(rows):
+                if r["verdict"] == word:
+                    found.setdefault(i, []).append(m)
+        return found
+
+    def listed(found):
+        return "; ".join(f"{claims[i]} (claim {i + 1}, on "
+                         f"{' and '.join(report.METRIC_NAMES[m] for m in ms)})" for i, ms in sorted(found.items()))
+
+    confirmed, refuted = by_claim(report.CONFIRMED), by_claim(report.REFUTED)
+    sentences = [("**Reproduced:** " + listed(confirmed) + ".") if confirmed else
+                 "**Reproduced:** no claim is confirmed beyond the noise at this scale."]
+    if refuted:
+        against = []
+        for i, ms in sorted(refuted.items()):
+            for m in ms:
+                against += [f"{e} on {report.METRIC_NAMES[m]}" for e in report.evidence_items(verdicts[m][i])
+                            if e.endswith(", lower)") or e.endswith(": above zero)")][:2]
+        sentences.append("**Not reproduced:** " + listed(refuted)
+                         + (f": against it, {'; '.join(against[:2])}." if against else "."))
+    else:
+        sentences.append("**Not reproduced:** no claim is refuted beyond the noise.")
+    sentences.append("**Undecided, and why:** " + undecided_reason(results))
+    write("answer.md", "\n\n".join(sentences))
+
+
+def undecided_reason(results):
+    """Why most verdicts are inconclusive here: how many tasks the model learns, and whether SeqFT
+    forgets on implicit-reward accuracy."""
+    learned = report.read_csv(results / "report" / "learned.csv")
+    column = next((c for c in (learned[0] if learned else {}) if c.startswith("learned")), None)
+    got = [r["task"] for r in learned if column and r[column] != "none"]
+    numbers = json.loads((results / "report" / "numbers.json").read_text())
+    seqft = (numbers.get("seqft_bwt_by_metric") or {}).get("reward_accuracy")
+    parts = []
+    if learned:
+        parts.append(f"the small model learns only {len(got)} of the {len(learned)} tasks "
+                     f"({', '.join(got) or 'none'}: above chance beyond two standard errors right after their "
+                     f"training), so most tasks have nothing to forget" if len(got) < len(learned) else
+                     f"the model learns all {len(learned)} tasks")
+    if seqft:
+        forgets = seqft["test"] == "below"
+        parts.append(f"plain sequential training (SeqFT) {'does' if forgets else 'does not'} forget on "
+                     f"implicit-reward accuracy (BWT {report.fmt_stats(seqft)} over {seqft['n']} seeds, "
+                     f"{report.zero_text(seqft['test'])})"
+                     + ("" if forgets else ", so a method has little forgetting to prevent"))
+    counts = sorted({int(r) for r in seed_counts(results).values()})
+    if counts:
+        spread = f"{counts[0]} to {counts[-1]}" if len(counts) > 1 else f"{counts[0]}"
+        parts.append(f"and with {spread} seeds per method, only large differences pass the test")
+    return "; ".join(parts)[:1].upper() + "; ".join(parts)[1:] + "." if parts else "no runs yet."
+
+
+def paper_text(item):
+    """A paper claim item as a sentence: "the ranking holds ...;" -> "The ranking holds ..."."""
+    text = item.rstrip(";.")
+    text = text[4:] if text.startswith("and ") else text
+    return text[0].upper() + text[1:] + "."
+
+
+def write_setting(results, cfg):
+    """Page one's "what was run": the compute, what differs from the paper, and which code made the runs."""
+    model = json.loads((results / "model.json").read_text())
+    stats_ = json.loads((results / "data" / "stats.json").read_text())
+    numbers = json.loads((results / "report" / "numbers.json").read_text())
+    total = next((r for r in report.read_csv(results / "report" / "compute.csv") if r["group"] == "all"), None)
+    dropped = [d["task"] for d in stats_.get("dropped") or []]
+    lines = [
+        f"- **Compute:** {total['runs']} runs, {float(total['hours']):.1f} hours of run time on CPU (each run's "
+        f"training, consolidation and evaluation, summed; runs that shared the machine count in full)."
+        if total else "- **Compute:** no run yet.",
+        f"- **Model:** {model['name']} ({params_text(model)} parameters) instead of the paper's Qwen2.5-7B-Instruct "
+        f"(and Mistral-7B, Llama-3-8B).",
+        f"- **Data:** {cfg.data.n_train or 'all'} training and {cfg.data.n_test or 'all'} test pairs per task instead "
+        f"of every pair of the release.",
+        (f"- **Tasks:** {len(stats_['tasks'])} of the paper's 6: "
+         + ", ".join(f"{d} is missing (its files are not in this copy of the data release)" for d in dropped) + "."
+         if dropped else f"- **Tasks:** all {len(stats_['tasks'])} of the paper's tasks."),
+        "- **Judge:** " + ("an LLM judge of our own." if cfg.eval.judge else
+                           "no LLM judge by default (the paper's third metric); implicit-reward accuracy and the "
+                           "paper's BLEU-4 and ROUGE-L instead."),
+        "- **Seeds:** " + ", ".join(f"{report.LABELS.get(m, m)} {n}" for m, n in sorted(
+            seed_counts(results).items(), key=lambda mn: (-mn[1], report.MAIN_METHODS.index(mn[0])
+                                                         if mn[0] in report.MAIN_METHODS else 99)))
+        + " (the paper: one seed each).",
+    ]
+    versions, now = numbers.get("run_code_versions") or {}, numbers.get("run_code_version_now")
+    older = {v: n for v, n in versions.items() if v != str(now)}
+    if older:
+        what = run_code_change(now)
+        runs = sum(versions.values())
+        made = (f"all {runs} runs were made by version {next(iter(older))} of the run code" if older == versions else
+                f"of the {runs} runs, " + ", ".join(f"{n} were made by version {v}" for v, n in older.items())
+                + " of the run code")
+        lines.append(f"- **Code version:** {made}; the code is now at version {now}"
+                     f"{f' (changed: {what})' if what else ''}. The numbers are those of the runs as they were "
+                     f"made; `dvc repro` reruns them with the current code.")
+    write("setting.md", "\n".join(lines))
+
+
+def run_code_change(version):
+    """What a run-code version changed, from the version list in lifealign.run_code's docstring."""
+    from lifealign import run_code
+
+    for line in (run_code.__doc__ or "").splitlines():
+        if line.strip().startswith(f"{version} "):
+            text = line.strip()[len(str(version)):].strip()
+            return text.rstrip(".")
+    return ""
+
+
+def write_statistics_key(results):
+    """The verdicts page's key: what ± and se are, which test, how many seeds."""
+    numbers = json.loads((results / "report" / "numbers.json").read_text())
+    seeds = ", ".join(f"{report.LABELS.get(m, m)} {n}" for m, n in sorted(
+        seed_counts(results).items(), key=lambda mn: report.MAIN_METHODS.index(mn[0]) if mn[0] in report.MAIN_METHODS else 99))
+    sd, dof = numbers.get("pooled_sd_bwt"), numbers.get("pooled_sd_bwt_dof")
+    write("statistics_key.md", "\n".join([
+        "| notation | meaning |", "|---|---|",
+        "| 69.06 ± 0.28 | mean ± sample standard deviation over the seeds (no ± with one seed) |",
+        "| +2.28 (se 0.56, within noise) | a difference of two means and its standard error; the word is the test's "
+        "outcome |",
+        "| 95% CI half-width 2.24 | half the width of a 95% confidence interval of a mean |",
+        "| test | Welch's t-test at 95%, two-sided; one-sample t-test against zero for \"does it forget\" |",
+        f"| seeds | each table's seeds column; order1's main grid has {seeds} |",
+        "| one seed | borrows the seed spread pooled over the multi-seed methods"
+        + (f" (BWT: sd {sd:.2f}, {dof} degrees of freedom)" if sd is not None else "") + " |",
+        "| error bars | in figures, the seeds' standard deviation |",
+        "| paper | one seed, no interval; values read off its plots are good to about 0.05 |",
+    ]))
+
+
+def write_split_tables(results):
+    """Each long report table (one row per ... and metric) as one narrower table per metric."""
+    for name in ("main_table", "judge_free", "ablation", "orders", "sensitivity"):
+        rows = report.read_csv(results / "report" / f"{name}.csv")
+        text = report.markdown_by_metric(rows, list(rows[0])) if rows else "(no runs yet)\n"
+        write(f"{name}_split.md", text)
 
 
 # ---------------------------------------------------------------- performance (benchmarks/results)
@@ -622,7 +867,7 @@ def write_performance():
             rs = [{"task": s["task"], "name": s["name"], "stage": s["stage"], "train s": num(s["train_s"], 1),
                    "stage-end hooks s": num(s["plugin_s"], 3), "share %": num(s["share_pct"], 3)} for s in run["stages"]]
             goal = 100 * doc["goals"]["slmc_share_of_stage"]
-            text += (f"\nThe real run `{run['dir']}`: the stage-end hooks (SLMC) against the stage's training "
+            text += (f"\nThe real run `{Path(run['dir']).name}`: the stage-end hooks (SLMC) against the stage's training "
                      f"time. Largest share {num(run['max_share_pct'], 3)}% (goal < {goal:g}%).\n\n"
                      + md_table(rs, list(rs[0])))
         text += smoke_note(doc)
@@ -661,12 +906,12 @@ def write_calibration():
     probes = json.loads(path.read_text())["probes"].values()
     rows = []
     for pr in probes:
-        cells = "; ".join(f"{short(t['task'])} {t['diagonal']:.0f} ± {t['diagonal_se']:.0f} → {t['final']:.0f}"
+        cells = "; ".join(f"{short(t['task'])} {t['diagonal']:.0f} (se {t['diagonal_se']:.0f}) → {t['final']:.0f}"
                           for t in pr["tasks"])
         rows.append({"probe": f"`{pr['probe']}`", "what changes": pr["what"],
                      "pairs (train / test)": f"{pr['n_train']} / {pr['n_test']}",
                      "BWT": report.fmt(pr["bwt"], signed=True), "largest drop": report.fmt(pr["largest_drop"], signed=True),
-                     "each task: after its training ± se → at the end": cells})
+                     "each task: after its training (se) → at the end": cells})
     write("calibration.md", md_table(rows, list(rows[0])))
 
 
@@ -685,7 +930,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--profile", default=None, help="default: $LIFEALIGN_PROFILE or params.yaml's profile")
     p.add_argument("--no-build", action="store_true", help="only write _generated/ and notebooks/")
+    p.add_argument("--sync-notebooks", action="store_true",
+                   help="point notebooks/*.ipynb's Colab badges and clone cells at book/_config.yml's repository.url")
     args = p.parse_args(argv)
+    if args.sync_notebooks:
+        changed = sync_notebooks()
+        print("updated: " + ", ".join(map(str, changed)) if changed else "the notebooks already point at "
+              + repository()[0])
+        return
     t0 = time.time()
     params = load_params(ROOT / "params.yaml")
     try:
@@ -698,8 +950,11 @@ def main(argv=None):
     copy_results(results, experiment)
     write_profile(profile, params, cfg, results, experiment)
     write_paper_tables()
-    write_main_tables(results)
+    write_split_tables(results)
     write_numbers(results)
+    write_verdicts(results, cfg)
+    write_setting(results, cfg)
+    write_statistics_key(results)
     write_coverage(results)
     write_observations(results)
     write_length_note(results, cfg)
