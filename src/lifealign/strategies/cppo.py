@@ -68,8 +68,9 @@ policy term is the DPO/FPO pair loss on fixed preference pairs, "reward" is the 
 pi_old is scored once per task rather than kept as a second model, and only the heuristic weights
 (not the learnable-weights variant) are implemented. Differences from the LifeAlign authors' CPPO
 code: it takes mu and sd over each micro-batch (unbiased std, non-strict inequalities), uses the
-summed (not length-normalised) chosen log-prob, and snapshots pi_old when the preference trainer
-starts, i.e. after the same task's SFT stage.
+summed (not length-normalised) chosen log-prob, and snapshots pi_old once, when its DPO trainer
+first trains (after the first task's SFT stage), keeping it for every later task (the snapshot is
+taken only while none exists); it also scores pi_old with a forward pass every step.
 """
 import time
 import warnings

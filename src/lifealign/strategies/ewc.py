@@ -23,15 +23,15 @@ Our choices.
   accumulates, it does not replace F (the spec's correction of the released baseline). With
   gamma = 1 the update of Schwarz et al. (penalty weighted by gamma*F) and ours coincide. The first
   task trains without a penalty (F is still empty; with "stage", only its first stage).
-- F_new is the diagonal EMPIRICAL Fisher of the stage's own loss (SFT: the mean response-token NLL;
-  preference: the DPO/FPO per-pair loss against the base model) on the stage's training records
-  (`loop.stage_records`, so replayed rows too when replay is on): the mean over examples of the
-  squared per-example gradient, each example a batch of one (exact per-example gradients, no
-  batching approximation). At most `method.ewc_fisher_samples` examples (default 64), a seeded
-  random subset of the stage's records (seed, task index and stage fix it, so reruns and resumed
-  runs draw the same ones); with "task" scope that many per stage. The model is in eval mode for this pass (no dropout noise; the LoRA
-  dropout is 0 by default anyway) and runs under the run's precision (`loop.autocast()`); F is
-  kept in fp32.
+- A stage's Fisher is the diagonal EMPIRICAL Fisher of the stage's own loss (SFT: the mean
+  response-token NLL; preference: the DPO/FPO per-pair loss against the base model) on the stage's
+  training records (`loop.stage_records`, so replayed rows too when replay is on): the mean over
+  examples of the squared per-example gradient, each example a batch of one (exact per-example
+  gradients, no batching approximation). At most `method.ewc_fisher_samples` examples per stage
+  (default 64), a seeded random subset of the stage's records (seed, task index and stage fix it,
+  so reruns and resumed runs draw the same ones). The model is in eval mode for this pass (no
+  dropout noise; the LoRA dropout is 0 by default anyway) and runs under the run's precision
+  (`loop.autocast()`); F is kept in fp32.
 - lambda (`method.ewc_lambda`, default 1e4). Why that scale: with a mean-over-examples loss,
   (1/2) sum F (theta - theta*)^2 is the second-order (Laplace) estimate of how much an earlier
   stage's MEAN loss rose, so lambda = 1 would be the "Bayesian" weight; in practice it is far too

@@ -57,8 +57,13 @@ Report per stage: steps, how many were projected (the constraint was violated), 
 in memory. State: the memories (records with token ids and reference log-probs), saved after each
 task; `state_nbytes` counts their text and token ids like the replay buffer.
 
-Difference from the authors' released baseline: per the spec, their GEM/A-GEM projected the gradient
-after `optimizer.step()`, so the projection never changed the update; here it acts before the step.
+Differences from the LifeAlign authors' released GEM (github.com/real-ljs/LifeAlign,
+CL_methods/GEM.py; the repository has no A-GEM): it projected in `on_optimizer_step`, i.e. after
+`optimizer.step()`, so the projection never changed the update; here it acts before the step. It
+kept no episodic memory: each earlier "task" (SFT and DPO stages pooled) is represented by a running
+average (0.9 / 0.1) of its own training gradients; it projected each parameter tensor separately,
+solved the QP with qpth (margin 0.1 by default, a ridge of 1.0 when P is not positive definite),
+and stepped with the trainer's AdamW.
 """
 import numpy as np
 import torch

@@ -65,7 +65,14 @@ chosen most often in the batch, for every input of the batch), take the query fr
 = 1.0 (its CIFAR-100 config: M = 10, L_p = 10, N = 4). The paper also describes an optional
 frequency-based diversification of the selection when task boundaries are known during training.
 We keep the paper's instance-wise selection without that option, and the causal-LM losses (SFT NLL,
-DPO) in place of the classifier; there is no head to train.
+DPO) in place of the classifier; there is no head to train. Its optimizer runs at a constant
+learning rate and is re-initialised at every task (reinit_optimizer = True); here the stage's
+schedule scales `method.l2p_lr` and the optimizer state carries over between tasks (spec section 2).
+
+The LifeAlign authors' L2P (github.com/real-ljs/LifeAlign, CL_methods/L2P.py) has no separate keys
+(a prompt's key is the mean of its embeddings), takes the query from the mean embedding of the whole
+padded sequence, trains the pool with the trainer's own learning rate (the stage's: 5e-6 for DPO at
+paper scale), and runs the reference pass with the prompts in place.
 """
 import inspect
 import math
