@@ -25,7 +25,7 @@ import torch
 
 GOLDEN_DIR = Path(__file__).with_name("goldens")
 # Each method's three-task run; variants are (method, overrides) pairs beyond the methods' defaults.
-VARIANTS = {}
+VARIANTS = {"ewc-stage": ("ewc", {"method.ewc_scope": "stage"}), "gem-adamw": ("gem", {"method.projection_optimizer": "adamw"})}
 CONFIG = {
     "model": {"name": "tiny-random-llama", "precision": "fp32", "max_length": 64, "max_prompt_length": 40},
     "data": {"order": ["hh-rlhf-harmless-base", "hh-rlhf-helpful-base", "safe-rlhf"], "n_train": 8, "n_test": 6},
@@ -51,21 +51,21 @@ def _fingerprint(tensor):
     return [float(t.sum()), float(t.norm()), float(t.abs().max())]
 
 
-def run_golden(method, overrides, workdir):
+def run_golden(name, method, overrides, workdir):
     from lifealign.config import config_from_dict, set_path
     from safetensors.torch import load_file
 
     from lifealign.runner import run
 
     values = json.loads(json.dumps(CONFIG))
-    values.update(name=f"golden-{method}", out=str(Path(workdir) / method), cache_dir=str(Path(workdir) / "cache"))
+    values.update(name=f"golden-{name}", out=str(Path(workdir) / name), cache_dir=str(Path(workdir) / "cache"))
     values["data"]["dir"] = str(Path(workdir) / "release")
     values["method"] = {"name": method}
     for key, value in overrides.items():
         set_path(values, key, value)
     results = run(config_from_dict(values))
     adapters = {}
-    for task_dir in sorted((Path(workdir) / method / "tasks").iterdir()):
+    for task_dir in sorted((Path(workdir) / name / "tasks").iterdir()):
         weights = load_file(task_dir / "lora.safetensors")
         adapters[task_dir.name] = {name: _fingerprint(w) for name, w in sorted(weights.items())}
     return {
@@ -122,7 +122,7 @@ def compute_all(names=None):
         _release(Path(workdir) / "release")
         for name, (method, overrides) in runs.items():
             if names is None or f"run-{name}" in names:
-                out[f"run-{name}"] = run_golden(method, overrides, workdir)
+                out[f"run-{name}"] = run_golden(name, method, overrides, workdir)
         if names is None or "scorer" in names:
             out["scorer"] = scorer_golden(workdir)
     if names is None or "slmc" in names:

@@ -26,6 +26,10 @@ def test_yaml_and_overrides(tmp_path):
     ("data.n_train=many", "data.n_train = 'many'"),
     ("method.replay=3", "method.replay = 3"),
     ("nonsense", "--set expects key=value"),
+    ("method.ewc_scope=epoch", "method.ewc_scope = 'epoch' is not allowed; allowed values: ['task', 'stage']"),
+    ("method.projection_optimizer=adam", "method.projection_optimizer = 'adam' is not allowed"),
+    ("method.l2p_lr=-1", "method.l2p_lr = -1.0: must be positive"),
+    ("method.sgd_lr=0", "method.sgd_lr = 0.0: must be positive"),
 ])
 def test_errors_name_the_key_and_allowed_values(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):

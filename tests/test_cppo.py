@@ -1,5 +1,6 @@
-"""CPPO (strategies/cppo.py): category weights, batch-of-one fallback, the retention term, pi_old
-refresh per task, and one end-to-end run through the CLI."""
+"""CPPO (strategies/cppo.py): category weights (the CPPO paper's table), categories against running
+stage statistics, the fallback below 3 pairs, the retention term, pi_old refresh per task, and one
+end-to-end run through the CLI."""
 import warnings
 from types import SimpleNamespace
 
@@ -9,8 +10,8 @@ import torch
 from lifealign.config import Config
 from lifealign.losses import dpo_loss
 from lifealign.strategies import build_strategy
-from lifealign.strategies.cppo import (CATEGORIES, HIGH_PERFORMANCE, HIGH_VARIANCE, NOISY, NORMAL, OVERFITTING,
-                                       CPPOPlugin, cppo_categories, cppo_weights)
+from lifealign.strategies.cppo import (CATEGORIES, HIGH_PERFORMANCE, HIGH_VARIANCE, MIN_PAIRS, NOISY, NORMAL,
+                                       OVERFITTING, CPPOPlugin, RunningMoments, cppo_categories, cppo_weights)
 from lifealign.training import collate_pairs
 
 from test_run import run_cli
@@ -26,9 +27,15 @@ def test_categories_and_weights_take_the_documented_values():
     assert cppo_categories(REWARD, LOGP).tolist() == EXPECTED
     alpha, beta, cat = cppo_weights(REWARD, LOGP, k=1.0, lb=0.5, ub=2.0)
     assert cat.tolist() == EXPECTED
+    # the CPPO paper's rule (and the LifeAlign authors' code): overfitting (likely, low reward) and
+    # high-variance (unlikely, high reward) both get a high learning and a low retention weight
     #                     high-perf  overfit  high-var  noisy  normal
-    assert alpha.tolist() == [2.0,      1.0,     2.0,      0.5,   1.0]
-    assert beta.tolist() == [2.0,       0.5,     1.0,      0.5,   1.0]
+    assert alpha.tolist() == [2.0,      2.0,     2.0,      0.5,   1.0]
+    assert beta.tolist() == [2.0,       0.5,     0.5,      0.5,   1.0]
+    # explicit statistics replace the samples' own
+    stats = (0.0, 1.0, 0.0, 1.0)
+    assert cppo_categories(torch.tensor([2.0, 0.5]), torch.tensor([2.0, 2.0]), stats=stats).tolist() == [
+        HIGH_PERFORMANCE, NORMAL]
     # shifted and scaled inputs give the same categories (only mean +- k std matters)
     assert cppo_categories(10 + 0.1 * REWARD, -50 + 7 * LOGP).tolist() == EXPECTED
     # a large k makes everything normal; equal values (std 0) are normal too, never NaN
@@ -82,8 +89,14 @@ def test_extra_loss_is_weighted_loss_plus_retention():
     assert plugin.extra_loss(None, "sft", None, batch, {"logps": chosen}) is None  # plain SFT
 
 
+def fresh(plugin):
+    """The plugin at the start of a preference stage's statistics (what on_stage_start resets)."""
+    plugin.on_stage_start(SimpleNamespace(), "sft")
+    return plugin
+
+
 def test_retention_zero_when_policy_equals_old_and_formula_otherwise():
-    plugin = CPPOPlugin(retention=0.1)
+    plugin = fresh(CPPOPlugin(retention=0.1))
     batch = _batch(4)
     # uniform reference and old scores: every pair has the same margin and log-prob, so all are
     # "normal" (alpha = beta = 1) and the extra term is the retention term alone
@@ -94,34 +107,92 @@ def test_retention_zero_when_policy_equals_old_and_formula_otherwise():
     assert plugin.extra_loss(None, "pref", None, flat, same).item() == 0.0
     # chosen moved by 2, rejected by 1 on every pair: retention = 0.1 * (2^2 + 1^2)
     moved = _outputs(flat, torch.full((4,), -3.0), torch.full((4,), -7.0), chosen_counts=ones)
-    assert plugin.extra_loss(None, "pref", None, flat, moved).item() == pytest.approx(0.5)
+    assert fresh(plugin).extra_loss(None, "pref", None, flat, moved).item() == pytest.approx(0.5)
     # policy == old on a varied batch: the retention part is zero, what is left is mean((alpha-1) L)
     out = _outputs(batch, batch["old_chosen_logps"].clone(), batch["old_rejected_logps"].clone())
     lengths = _chosen_lengths(batch)
     alpha, _, _ = cppo_weights(out["margin"], out["chosen_logps"] / lengths)
-    extra = plugin.extra_loss(None, "pref", None, batch, out)
+    extra = fresh(plugin).extra_loss(None, "pref", None, batch, out)
     assert torch.allclose(extra, ((alpha - 1) * out["per_pair_loss"]).mean())
-    plugin_no_alpha = CPPOPlugin(retention=0.1, lb=1.0, ub=1.0)  # weights all 1: only retention left
+    plugin_no_alpha = fresh(CPPOPlugin(retention=0.1, lb=1.0, ub=1.0))  # weights all 1: only retention left
     assert plugin_no_alpha.extra_loss(None, "pref", None, batch, out).item() == 0.0
 
 
-def test_batch_of_one_falls_back_to_weight_one_with_a_warning():
-    alpha, beta, cat = cppo_weights(torch.tensor([0.7]), torch.tensor([-2.0]))
-    assert alpha.tolist() == [1.0] and beta.tolist() == [1.0] and cat is None
-    plugin = CPPOPlugin()
-    plugin.on_stage_start(SimpleNamespace(), "sft")
+def test_below_three_pairs_weights_are_one_with_a_warning():
+    assert MIN_PAIRS == 3
+    plugin = fresh(CPPOPlugin())
     batch = _batch(1)
     chosen = torch.tensor([-4.0], requires_grad=True)
     out = _outputs(batch, chosen, torch.tensor([-6.0]))
-    with pytest.warns(UserWarning, match="batch of one"):
+    with pytest.warns(UserWarning, match="fewer than 3"):
         extra = plugin.extra_loss(None, "pref", None, batch, out)
     retention = 0.1 * ((-4.0 - batch["old_chosen_logps"]) ** 2 + (-6.0 - batch["old_rejected_logps"]) ** 2)
     assert torch.isfinite(extra) and extra.item() == pytest.approx(retention.item())
     extra.backward()
     assert torch.isfinite(chosen.grad).all()
-    with warnings.catch_warnings():  # once per stage
+    with warnings.catch_warnings():  # once per stage; 2 pairs seen: still weight 1
         warnings.simplefilter("error")
+        assert plugin.extra_loss(None, "pref", None, batch, out).item() == pytest.approx(retention.item())
+    assert plugin.moments.count == 2
+    with pytest.warns(UserWarning, match="fewer than 3"):  # a new stage warns again
+        fresh(plugin).extra_loss(None, "pref", None, batch, out)
+
+
+def _direct(margin, logp, loss=None):
+    """Outputs with the margins and (length 1) chosen log-probs given; retention 0 (policy = old)."""
+    n = len(margin)
+    chosen = torch.tensor(logp, dtype=torch.float32)
+    outputs = {"chosen_logps": chosen, "rejected_logps": torch.zeros(n), "margin": torch.tensor(margin),
+               "per_pair_loss": torch.ones(n) if loss is None else loss, "chosen_counts": torch.ones(n)}
+    batch = {"old_chosen_logps": chosen.clone(), "old_rejected_logps": torch.zeros(n)}
+    return batch, outputs
+
+
+def test_categories_use_the_running_statistics_of_the_stage_not_the_micro_batch():
+    plugin = fresh(CPPOPlugin(k=1.0, lb=0.5, ub=2.0))
+    seen_r, seen_p = [], []
+    for r, p in (([-1.0, 1.0, 0.0], [-1.0, 1.0, 0.0]), ([0.5, -0.5, 0.2], [0.3, -0.2, 0.1])):
+        batch, out = _direct(r, p)
         plugin.extra_loss(None, "pref", None, batch, out)
+        seen_r += r
+        seen_p += p
+    # a micro-batch of two pairs far above everything seen: by its own mean +- std both pairs sit
+    # exactly on the band's edges (normal, or decided by rounding); against the stage's statistics
+    # (this batch included) both are high-performance, alpha = 2 each, so mean((alpha - 1) * 1) = 1
+    batch, out = _direct([5.0, 5.1], [5.0, 5.1])
+    seen_r += [5.0, 5.1]
+    seen_p += [5.0, 5.1]
+    extra = plugin.extra_loss(None, "pref", None, batch, out)
+    assert extra.item() == pytest.approx(1.0)
+    r, p = torch.tensor(seen_r, dtype=torch.float64), torch.tensor(seen_p, dtype=torch.float64)
+    expected = (r.mean(), r.std(unbiased=False), p.mean(), p.std(unbiased=False))
+    assert plugin.moments.count == 8
+    assert plugin.moments.stats() == pytest.approx([float(x) for x in expected])
+    own = cppo_weights(torch.tensor([5.0, 5.1]), torch.tensor([5.0, 5.1]))[0]
+    assert own.tolist() != [2.0, 2.0]  # what a per-micro-batch statistic would have given
+    report = plugin.on_stage_end(None, "pref")
+    assert report["pairs_seen"] == 8 and report["categories"]["high_performance"] >= 2
+    assert report["reward_mean"] == pytest.approx(float(expected[0]))
+
+
+def test_running_statistics_are_pooled_across_ranks(monkeypatch):
+    """Under DDP every rank adds its micro-batch's count, sum and sum of squares (an all-reduce):
+    here a simulated second rank holding the same values doubles every sum."""
+    import torch.distributed as dist
+
+    calls = []
+
+    def all_reduce(tensor):
+        calls.append(tensor.dtype)
+        tensor.mul_(2)
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    moments = RunningMoments()
+    moments.update(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 0.0, 3.0]))
+    assert calls == [torch.float64] and moments.count == 6
+    assert moments.stats() == pytest.approx([2.0, (2 / 3) ** 0.5, 1.0, 2 ** 0.5])
 
 
 def test_registered_with_knobs_and_generic_switches():
@@ -173,6 +244,7 @@ def test_end_to_end_and_pi_old_refreshed_each_task(cppo_run):
         report = tr["stages"]["pref"]["plugins"]["cppo"]
         epochs = results["config"]["pref"]["epochs"]
         assert sum(report["categories"].values()) == epochs * tr["stages"]["pref"]["examples"]
+        assert report["pairs_seen"] == epochs * tr["stages"]["pref"]["examples"]  # the stage's statistics
         assert report["mean_retention"] >= 0
         assert "cppo" not in tr["stages"]["sft"]["plugins"]  # plain SFT
     for metric in results["metrics"].values():

@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from lifealign.strategies import METHODS
+from lifealign.config import ConfigError, MethodConfig, load_config
+from lifealign.strategies import METHODS, build_strategy
+from lifealign.strategies.base import Strategy
 from lifealign.strategies.ewc import EWCPlugin, empirical_fisher, ewc_penalty, trainable_named
 from lifealign.strategies.gem import (AGEMPlugin, GEMPlugin, agem_project, flat_grad, gem_project,
                                       memory_gradient, trainable)
@@ -94,7 +96,7 @@ def test_empirical_fisher_is_the_mean_squared_per_example_gradient():
 
 def test_ewc_fisher_accumulates_over_stages_and_anchors_at_the_stage_end():
     model = ToyLoRA()
-    plugin = EWCPlugin(lam=2.0, gamma=1.0, fisher_samples=4, seed=0)
+    plugin = EWCPlugin(lam=2.0, gamma=1.0, fisher_samples=4, seed=0, scope="stage")
     params = trainable_named(model)
     recs1, recs2 = toy_records(6, seed=1), toy_records(6, seed=2)
 
@@ -119,22 +121,82 @@ def test_ewc_fisher_accumulates_over_stages_and_anchors_at_the_stage_end():
         assert torch.allclose(plugin.fisher[n], f1[n] + f2[n], rtol=1e-6, atol=1e-9)  # F1 + F2, not F2
         assert torch.equal(plugin.anchor[n], params[n].detach())  # anchored at the end of stage 2
 
+    plugin.on_task_end(loop2, "t2")  # the stage scope does nothing more at a task's end
+    assert plugin.consolidations == 2
+
     decayed = EWCPlugin(gamma=0.5, fisher_samples=4)
     decayed.fisher = {n: f.clone() for n, f in f1.items()}
     decayed.consolidate(params, f2)
     assert torch.allclose(decayed.fisher["lora_B"], 0.5 * f1["lora_B"] + f2["lora_B"])
 
 
+def toy_sft_loss(model, batch):
+    """A second stage loss, distinct from toy_loss, to tell the two stages' Fishers apart."""
+    return (model(batch["x"]).sum(-1) ** 2).mean(), {}
+
+
+def test_ewc_task_scope_anchors_once_per_task_and_sums_both_stages_fishers():
+    """The default scope: no consolidation at a stage's end; at the task's end F gains the Fisher of
+    each stage (its own loss and records, at the task-end parameters) and theta* = the task-end
+    parameters. The preference stage of a task is therefore not anchored at its own SFT end."""
+    assert EWCPlugin().scope == MethodConfig.ewc_scope == "task"
+    model = ToyLoRA()
+    params = trainable_named(model)
+    plugin = EWCPlugin(lam=2.0, fisher_samples=4, seed=0)
+    sft_recs, pref_recs = toy_records(6, seed=1), toy_records(6, seed=2)
+    sft_loop = fake_loop(model, task="t1", task_index=0, records=sft_recs)
+    sft_loop.stage_loss = toy_sft_loss
+    plugin.on_task_start(sft_loop, "t1")
+    plugin.on_stage_start(sft_loop, "sft")
+    report = plugin.on_stage_end(sft_loop, "sft")
+    assert plugin.fisher == {} and plugin.anchor == {} and report["consolidations"] == 0
+    with torch.no_grad():  # the preference stage trains
+        model.lora_A.add_(0.3)
+    pref_loop = fake_loop(model, task="t1", task_index=0, records=pref_recs)
+    plugin.on_stage_start(pref_loop, "pref")
+    assert plugin.extra_loss(pref_loop, "pref", model, None, None) is None  # no pull to t1's SFT end
+    plugin.on_stage_end(pref_loop, "pref")
+    assert plugin.consolidations == 0
+    with torch.no_grad():  # parameters at the task's end differ from the preference stage's end
+        model.lora_B.sub_(0.2)
+    plugin.on_task_end(pref_loop, "t1")
+    assert plugin.consolidations == 1
+    f_sft = empirical_fisher(model, params, plugin.fisher_examples(sft_loop, "sft"), toy_collate, toy_sft_loss,
+                             contextlib.nullcontext)
+    f_pref = empirical_fisher(model, params, plugin.fisher_examples(pref_loop, "pref"), toy_collate, toy_loss,
+                              contextlib.nullcontext)
+    for n in params:
+        assert torch.allclose(plugin.fisher[n], f_sft[n] + f_pref[n], rtol=1e-6, atol=1e-9)
+        assert not torch.allclose(plugin.fisher[n], f_pref[n])  # the SFT stage's Fisher is in it
+        assert torch.equal(plugin.anchor[n], params[n].detach())  # anchored once, at the task's end
+    # the next task: both stages pulled towards the one anchor; a second task end accumulates
+    with torch.no_grad():
+        model.lora_A.add_(0.1)
+    loop2 = fake_loop(model, task="t2", task_index=1, records=toy_records(6, seed=3))
+    plugin.on_task_start(loop2, "t2")
+    for stage in ("sft", "pref"):
+        plugin.on_stage_start(loop2, stage)
+        assert plugin.extra_loss(loop2, stage, model, None, None) > 0
+        plugin.on_stage_end(loop2, stage)
+    first = {n: f.clone() for n, f in plugin.fisher.items()}
+    plugin.on_task_end(loop2, "t2")
+    assert plugin.consolidations == 2
+    assert all((plugin.fisher[n] >= first[n]).all() and not torch.equal(plugin.fisher[n], first[n]) for n in params)
+    with pytest.raises(ValueError, match="ewc_scope"):
+        EWCPlugin(scope="epoch")
+    assert build_strategy(load_config(None, ["method.name=ewc", "method.ewc_scope=stage"])).plugins[0].scope == "stage"
+
+
 def test_ewc_state_survives_save_and_load():
     model = ToyLoRA()
-    plugin = EWCPlugin(lam=5.0, fisher_samples=3)
+    plugin = EWCPlugin(lam=5.0, fisher_samples=3, scope="stage")
     plugin.on_stage_end(fake_loop(model, task="t1", task_index=0, records=toy_records(5, 4)), "sft")
     with torch.no_grad():
         model.lora_B.add_(0.1)
     loop = fake_loop(model)
     before = plugin.extra_loss(loop, "pref", model, None, None)
     assert before > 0
-    restored = EWCPlugin(lam=5.0, fisher_samples=3)
+    restored = EWCPlugin(lam=5.0, fisher_samples=3, scope="stage")
     restored.load_state_dict(roundtrip(plugin.state_dict()))
     assert restored.consolidations == 1
     for n in plugin.fisher:
@@ -233,6 +295,48 @@ def test_projection_is_applied_by_the_optimizer(kind):
         assert float(torch.dot(-update, m)) >= -1e-6 * lr
 
 
+@pytest.mark.parametrize("kind", ["gem", "agem"])
+def test_the_papers_optimizer_sgd_steps_by_minus_lr_times_the_projected_gradient(kind):
+    """The optimizer comes from the plugin (Strategy.make_optimizer): plain SGD at method.sgd_lr, so
+    the parameter update is exactly -sgd_lr * g~; `projection_optimizer=adamw` leaves the runner's."""
+    cls, extra = (GEMPlugin, {"margin": 0.5}) if kind == "gem" else (AGEMPlugin, {"sample_size": 100})
+    model, plugin, loop, params, mem = _memory_setup(cls, sgd_lr=0.07, **extra)
+    strategy = Strategy(kind, "dpo", [plugin])
+    opt = strategy.make_optimizer(loop, "sft", params, SimpleNamespace(lr=2e-4))
+    assert type(opt) is torch.optim.SGD and len(opt.param_groups) == 1
+    group = opt.param_groups[0]
+    assert group["lr"] == 0.07 and group["momentum"] == 0 and group["weight_decay"] == 0
+    assert [id(p) for p in group["params"]] == [id(p) for p in params]
+    g = -(mem[0] + mem[1])
+    _set_grad(params, g)
+    before = torch.cat([p.detach().reshape(-1).clone() for p in params])
+    plugin.before_optimizer_step(loop, "sft", model)
+    projected = flat_grad(params)
+    assert plugin._stats["projected"] == 1 and not torch.allclose(projected, g)
+    for _ in range(2):  # stateless: the second step is -lr * g~ again, no momentum or moments
+        opt.step()
+        after = torch.cat([p.detach().reshape(-1).clone() for p in params])
+        assert torch.allclose(after - before, -0.07 * projected, atol=1e-7)
+        before = after
+    adam = cls(memory_size=4, optimizer="adamw", **extra)
+    assert Strategy(kind, "dpo", [adam]).make_optimizer(loop, "sft", params, SimpleNamespace(lr=2e-4)) is None
+    with pytest.raises(ValueError, match="projection optimizer"):
+        cls(optimizer="adam")
+
+
+def test_projection_optimizer_options_reach_the_plugins():
+    for name in ("gem", "agem"):
+        plugin = build_strategy(load_config(None, [f"method.name={name}"])).plugins[0]
+        assert (plugin.optimizer, plugin.sgd_lr) == ("sgd", MethodConfig.sgd_lr)
+        plugin = build_strategy(load_config(None, [f"method.name={name}", "method.projection_optimizer=adamw",
+                                                   "method.sgd_lr=0.5"])).plugins[0]
+        assert (plugin.optimizer, plugin.sgd_lr) == ("adamw", 0.5)
+    with pytest.raises(ConfigError, match="method.projection_optimizer = 'adam' is not allowed"):
+        load_config(None, ["method.projection_optimizer=adam"])
+    with pytest.raises(ConfigError, match="method.sgd_lr = 0.0: must be positive"):
+        load_config(None, ["method.sgd_lr=0"])
+
+
 @pytest.mark.parametrize("plugin_cls", [GEMPlugin, AGEMPlugin])
 def test_no_projection_without_conflict(plugin_cls):
     model, plugin, loop, params, mem = _memory_setup(plugin_cls)
@@ -282,15 +386,24 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")  # reference log-probs computed once for the runs below
 
 
-def test_ewc_end_to_end(fake_release, tmp_path, cache):
+@pytest.mark.parametrize("scope", ["task", "stage"])
+def test_ewc_end_to_end(fake_release, tmp_path, cache, scope):
     # batch 2: 4 steps a stage (with 2, the warm-up step has lr 0 and the penalty never sees a drift)
     results = run_cli(fake_release, tmp_path / "out", cache,
-                      ["method.name=ewc", "method.ewc_fisher_samples=4", "sft.batch_size=2", "pref.batch_size=2"])
+                      ["method.name=ewc", "method.ewc_fisher_samples=4", "sft.batch_size=2", "pref.batch_size=2",
+                       f"method.ewc_scope={scope}"])
     assert results["complete"] and results["method"] == {"name": "ewc", "loss": "dpo", "plugins": ["ewc"]}
-    penalties = [t["stages"][s]["plugins"]["ewc"]["mean_penalty"] for t in results["training"] for s in ("sft", "pref")]
-    assert penalties[0] == 0 and all(p > 0 for p in penalties[1:])  # the penalty acts from the second stage on
-    sums = [t["stages"][s]["plugins"]["ewc"]["fisher_sum"] for t in results["training"] for s in ("sft", "pref")]
-    assert all(b > a for a, b in zip(sums, sums[1:]))  # accumulated, never replaced
+    reports = [t["stages"][s]["plugins"]["ewc"] for t in results["training"] for s in ("sft", "pref")]
+    penalties = [r["mean_penalty"] for r in reports]
+    sums = [r["fisher_sum"] for r in reports]
+    if scope == "task":  # the penalty acts from the second task on; one consolidation per task
+        assert penalties[:2] == [0, 0] and all(p > 0 for p in penalties[2:])
+        assert [r["consolidations"] for r in reports] == [0, 0, 1, 1, 2, 2]
+        assert sums[0] == sums[1] == 0 < sums[2] == sums[3] < sums[4] == sums[5]
+    else:  # the penalty acts from the second stage on; one consolidation per stage
+        assert penalties[0] == 0 and all(p > 0 for p in penalties[1:])
+        assert [r["consolidations"] for r in reports] == [1, 2, 3, 4, 5, 6]
+        assert all(b > a for a, b in zip(sums, sums[1:]))  # accumulated, never replaced
     n_lora = results["training"][0]["state_bytes"]["ewc"] // 8  # Fisher + anchor, fp32 each
     assert n_lora > 0 and all(t["state_bytes"]["ewc"] == 8 * n_lora for t in results["training"])
 
@@ -307,11 +420,13 @@ def _check_memory_reports(results, size):
 
 
 def test_agem_end_to_end_and_the_optimizer_applies_the_projection(fake_release, tmp_path, cache, monkeypatch):
-    """Through the real trainer: every projected gradient is exactly what AdamW.step then sees. The
-    fake tasks hardly conflict, so the projection is forced here (always remove the g_ref component)."""
+    """Through the real trainer: the runner's optimizer is SGD, every projected gradient is exactly
+    what SGD.step then sees, and the step moves the parameters by -lr * g~ (lr: the group's scheduled
+    learning rate). The fake tasks hardly conflict, so the projection is forced here (always remove
+    the g_ref component)."""
     import lifealign.strategies.gem as gem_module
 
-    seen = {"pending": None, "checked": 0, "mismatch": 0, "changed": 0}
+    seen = {"pending": None, "checked": 0, "mismatch": 0, "changed": 0, "bad_step": 0, "other_optimizers": 0}
 
     def forced(g, g_ref):
         out = g - torch.dot(g, g_ref) / torch.dot(g_ref, g_ref) * g_ref
@@ -319,24 +434,35 @@ def test_agem_end_to_end_and_the_optimizer_applies_the_projection(fake_release, 
         seen["changed"] += int(not torch.allclose(out, g))
         return out, True
 
-    original_step = torch.optim.AdamW.step
+    original_step = torch.optim.SGD.step
 
     def step(self, *args, **kwargs):
+        params = [p for group in self.param_groups for p in group["params"]]
+        before = [p.detach().clone() for p in params]
+        out = original_step(self, *args, **kwargs)
         if seen["pending"] is not None:
-            grads = torch.cat([p.grad.reshape(-1).float() for group in self.param_groups for p in group["params"]])
+            grads = torch.cat([p.grad.reshape(-1).float() for p in params])
+            moved = torch.cat([(p.detach() - b).reshape(-1) for p, b in zip(params, before)])
+            lr = self.param_groups[0]["lr"]
             seen["checked"] += 1
             seen["mismatch"] += int(not torch.allclose(grads, seen["pending"], atol=1e-7))
+            seen["bad_step"] += int(not torch.allclose(moved, -lr * seen["pending"], atol=1e-8))
             seen["pending"] = None
-        return original_step(self, *args, **kwargs)
+        return out
+
+    def adamw_step(self, *args, **kwargs):
+        seen["other_optimizers"] += 1
 
     monkeypatch.setattr(gem_module, "agem_project", forced)
-    monkeypatch.setattr(torch.optim.AdamW, "step", step)
-    results = run_cli(fake_release, tmp_path / "a", cache, ["method.name=agem"])
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    monkeypatch.setattr(torch.optim.AdamW, "step", adamw_step)
+    results = run_cli(fake_release, tmp_path / "a", cache, ["method.name=agem", "method.sgd_lr=0.05"])
     assert results["complete"] and results["method"]["plugins"] == ["agem"]
     _check_memory_reports(results, 16)
     reports = [st["plugins"]["agem"] for t in results["training"][1:] for st in t["stages"].values()]
     assert seen["checked"] == sum(r["steps"] for r in reports) == sum(r["projected"] for r in reports) > 0
     assert seen["mismatch"] == 0 and seen["changed"] == seen["checked"]
+    assert seen["bad_step"] == 0 and seen["other_optimizers"] == 0
 
 
 def test_gem_end_to_end_with_replay_and_fpo(fake_release, tmp_path, cache):

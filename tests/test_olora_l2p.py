@@ -402,13 +402,49 @@ def test_l2p_trains_only_the_pool_and_restores():
                        score_pairs(model2, records, tokenizer.pad_token_id, share_prompt=False))
 
 
+def test_l2p_optimizer_trains_the_pool_at_the_l2p_learning_rate():
+    """Strategy.make_optimizer gives AdamW with the prompts and keys in a group at method.l2p_lr; any
+    other trainable parameter keeps the stage learning rate; a step moves the pool by that lr."""
+    model, tokenizer, records, plugin, loop = _l2p_setup()
+    assert plugin.lr == 0.03  # the default, method.l2p_lr
+    pool = list(plugin.pool.parameters())
+    other = torch.nn.Parameter(torch.zeros(3))
+    opt = plugin.make_optimizer(loop, "sft", pool + [other], SimpleNamespace(lr=2e-4))
+    assert type(opt) is torch.optim.AdamW
+    assert [(g["lr"], [id(p) for p in g["params"]], g["weight_decay"]) for g in opt.param_groups] == [
+        (0.03, [id(p) for p in pool], 0.0), (2e-4, [id(other)], 0.0)]
+    # Adam's first step moves every coordinate with a nonzero gradient by lr (up to eps)
+    before = plugin.pool.prompts.detach().clone()
+    plugin.pool.prompts.grad = torch.ones_like(before)
+    opt.step()
+    assert torch.allclose(before - plugin.pool.prompts.detach(), torch.full_like(before, 0.03), rtol=1e-4)
+    cfg = load_config(None, ["method.name=l2p", "method.l2p_lr=0.01"])
+    assert build_strategy(cfg).plugin("l2p").lr == 0.01
+
+
+def record_optimizer_lrs(monkeypatch):
+    """Each stage optimizer's (class, group learning rates as built) from the runner."""
+    seen = []
+    original = ContinualLoop._optimizer
+
+    def optimizer(self, stage, stage_cfg):
+        opt = original(self, stage, stage_cfg)
+        seen.append((type(opt).__name__, [g.get("initial_lr", g["lr"]) for g in opt.param_groups]))
+        return opt
+
+    monkeypatch.setattr(ContinualLoop, "_optimizer", optimizer)
+    return seen
+
+
 def test_l2p_end_to_end_and_resume(fake_release, tmp_path, monkeypatch):
     seen = record_optimizer_params(monkeypatch)
+    lrs = record_optimizer_lrs(monkeypatch)
     out = tmp_path / "out"
     results = run_cli(fake_release, out, tmp_path / "cache", SMALL + ["method.name=l2p"])
     assert [s[:2] for s in seen] == [(t, st) for t in range(3) for st in ("sft", "pref")]
     assert all(params == ["base_model.model.l2p_pool.keys", "base_model.model.l2p_pool.prompts"]
                for _, _, params in seen)
+    assert lrs == [("AdamW", [0.03])] * 6  # the pool trains at method.l2p_lr, not the stage lr
     assert results["complete"] and results["method"] == {"name": "l2p", "loss": "dpo", "plugins": ["l2p"]}
     assert results["metrics"]["reward_accuracy"]["base"] == [50.0, 50.0, 50.0]
     dirs = task_dirs(out)

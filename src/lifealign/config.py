@@ -59,14 +59,21 @@ class MethodConfig:
     replay_fraction: float = 0.2
     replay_cap: int = 3000
     sft: bool = True                      # run the SFT stage before the preference stage
-    # EWC (strategies/ewc.py): penalty weight, online decay of the accumulated Fisher, examples per Fisher
+    # EWC (strategies/ewc.py): penalty weight, online decay of the accumulated Fisher, examples per Fisher,
+    # consolidation scope: "task" (one anchor per task, the Fisher of both stages; EWC's definition) or
+    # "stage" (an anchor after every stage, as the authors' code does)
     ewc_lambda: float = 1e4
     ewc_gamma: float = 1.0
     ewc_fisher_samples: int = 64
-    # GEM / A-GEM (strategies/gem.py): memory per task and stage, GEM QP margin, A-GEM reference sample
+    ewc_scope: str = "task"
+    # GEM / A-GEM (strategies/gem.py): memory per task and stage, GEM QP margin, A-GEM reference sample,
+    # the optimizer that applies the projected gradient ("sgd", as both papers, or the run's "adamw")
+    # and the SGD learning rate (both stages; measured in docs/baselines.md)
     gem_memory_size: int = 16
     gem_margin: float = 0.5
     agem_sample_size: int = 16
+    projection_optimizer: str = "sgd"
+    sgd_lr: float = 0.1
     # CPPO (strategies/cppo.py): category threshold k (batch mean +- k*std), retention coefficient,
     # the lower / upper per-sample weights (alpha, beta in {lb, 1, ub})
     cppo_k: float = 1.0
@@ -81,6 +88,7 @@ class MethodConfig:
     l2p_prompt_length: int = 5
     l2p_top_k: int = 3
     l2p_key_lambda: float = 0.5
+    l2p_lr: float = 0.03                  # prompts and keys (L2P paper and configs: Adam, lr 0.03)
 
 
 @dataclass
@@ -122,9 +130,13 @@ CHOICES = {
     "data.on_invalid": ["filter", "error"],
     "model.precision": ["auto", "bf16", "fp32"],
     "method.loss": [None, "dpo", "fpo"],
+    "method.ewc_scope": ["task", "stage"],
+    "method.projection_optimizer": ["sgd", "adamw"],
     "sft.scheduler": ["cosine", "linear", "constant", "constant_with_warmup"],
     "pref.scheduler": ["cosine", "linear", "constant", "constant_with_warmup"],
 }
+
+POSITIVE = {"method.sgd_lr", "method.l2p_lr"}  # learning rates: a zero or negative one is a mistake
 
 
 def _build(cls, values, prefix):
@@ -144,6 +156,8 @@ def _build(cls, values, prefix):
             value = _check_type(key, value, default, fields[name].type)
             if key in CHOICES and value not in CHOICES[key]:
                 raise ConfigError(f"{key} = {value!r} is not allowed; allowed values: {CHOICES[key]}")
+            if key in POSITIVE and not value > 0:
+                raise ConfigError(f"{key} = {value!r}: must be positive")
         setattr(obj, name, value)
     return obj
 

@@ -326,12 +326,14 @@ class ContinualLoop:
         }
 
     def _optimizer(self, stage, stage_cfg):
-        """One AdamW per stage kind for the whole run: its state carries over between tasks (spec
-        section 2); the LR schedule restarts with each trainer."""
+        """One optimizer per stage kind for the whole run: its state carries over between tasks (spec
+        section 2); the LR schedule restarts with each trainer. AdamW at the stage's learning rate
+        unless the strategy builds its own (`Strategy.make_optimizer`)."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = self.optimizers.get(stage)
-        if opt is None or [id(p) for g in opt.param_groups for p in g["params"]] != [id(p) for p in params]:
-            opt = torch.optim.AdamW(params, lr=stage_cfg.lr, weight_decay=0.0)
+        if opt is None or {id(p) for g in opt.param_groups for p in g["params"]} != {id(p) for p in params}:
+            opt = (self.strategy.make_optimizer(self, stage, params, stage_cfg)
+                   or torch.optim.AdamW(params, lr=stage_cfg.lr, weight_decay=0.0))
             self.optimizers[stage] = opt
         return opt
 

@@ -11,6 +11,10 @@ The loop (`lifealign.runner`) calls, for each task of the order:
         report = on_stage_end(loop, stage)
     on_task_end(loop, task)
 
+The optimizer of each stage kind is built once per run (its state carries over between tasks) by
+`make_optimizer(loop, stage, params, stage_cfg)`: the first plugin that returns one decides, else the
+runner's AdamW at the stage's learning rate. It is built again when the trainable parameters change.
+
 Hooks see the loop (`lifealign.runner.ContinualLoop`): `loop.model` (the PEFT model), `loop.cfg`,
 `loop.task`, `loop.task_index`, `loop.stage`, and during a stage `loop.stage_records`,
 `loop.stage_loss(model, batch) -> (loss, outputs)` and `loop.collate(records) -> batch`.
@@ -52,6 +56,11 @@ class Plugin:
 
     def before_optimizer_step(self, loop, stage, model):
         pass
+
+    def make_optimizer(self, loop, stage, params, stage_cfg):
+        """The optimizer for `params` (the trainable parameters) in this stage kind, or None for the
+        runner's default."""
+        return None
 
     def on_stage_end(self, loop, stage):
         return None
@@ -113,6 +122,13 @@ class Strategy:
     def before_optimizer_step(self, loop, stage, model):
         for p in self.plugins:
             p.before_optimizer_step(loop, stage, model)
+
+    def make_optimizer(self, loop, stage, params, stage_cfg):
+        for p in self.plugins:
+            optimizer = p.make_optimizer(loop, stage, params, stage_cfg)
+            if optimizer is not None:
+                return optimizer
+        return None
 
     def on_stage_end(self, loop, stage):
         reports = {}

@@ -7,14 +7,20 @@ L_policy the PPO clipped objective, L_KR = (log pi(y|x) - log pi_old(y|x))^2 a k
 penalty against the policy learned on the previous tasks. Its heuristic variant sets the two weights
 by where a sample's reward r and generation probability P fall relative to the batch's mean +- k*std.
 
-Our DPO reading (the paper's Table 1; lb = 0.5, ub = 2 by default):
+Category -> (alpha, beta), lb = 0.5, ub = 2 by default (`method.cppo_lb`, `method.cppo_ub`):
 
     category           reward (DPO margin)   policy log-prob         alpha   beta
     high-performance   r - mu_r >  k sd_r     p - mu_p >  k sd_p      ub      ub   learn and retain
-    overfitting        r - mu_r < -k sd_r     p - mu_p >  k sd_p      1       lb   likely but bad: let it move
-    high-variance      r - mu_r >  k sd_r     p - mu_p < -k sd_p      ub      1    good but unlikely: learn more
+    overfitting        r - mu_r < -k sd_r     p - mu_p >  k sd_p      ub      lb   likely but bad
+    high-variance      r - mu_r >  k sd_r     p - mu_p < -k sd_p      ub      lb   good but unlikely
     noisy              r - mu_r < -k sd_r     p - mu_p < -k sd_p      lb      lb   trust it less on both terms
     normal             otherwise                                      1       1
+
+Source: the CPPO paper's heuristic weighting rule (Zhang et al. 2024: a sample with
+high reward but low generation probability, or high generation probability but low reward, gets a
+high policy-learning weight and a low knowledge-retention weight) and the LifeAlign authors' CPPO
+code (`DPOwithCPPO.compute_sample_weights` in github.com/real-ljs/LifeAlign), which sets exactly
+these five rows.
 
 - The "sample" is a preference pair. Its reward is the DPO implicit margin
   r = beta_dpo * [(log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))], detached.
@@ -22,10 +28,20 @@ Our DPO reading (the paper's Table 1; lb = 0.5, ub = 2 by default):
   response, log pi(y_w|x) / |y_w| (mean log-prob per response token), detached. Chosen, because
   y_w is the response the policy learns to generate (CPPO's P is the probability of the sample the
   policy is trained on); length-normalised, because summed log-probs mostly measure length.
-- mu and sd are the mean and population standard deviation over the (per-device) micro-batch, as
-  CPPO computes them over its rollout batch; the inequalities are strict, so a batch whose values
-  are all equal is all "normal". A batch of one has no spread: every weight is 1 and a warning is
-  emitted (once per stage).
+- mu and sd are RUNNING statistics of the preference stage: the mean and population standard
+  deviation of r and of p over every pair the stage has scored so far, this micro-batch included,
+  pooled across ranks (`RunningMoments`; a float64 all-reduce of count, sum and sum of squares per
+  micro-batch under DDP, so every rank uses the same statistics). They restart with each preference
+  stage. CPPO takes them over its rollout batch (hundreds of samples); one micro-batch here has
+  2-8 pairs, whose mean and std decide little (with 2 pairs both sit exactly at mu +- sd, and the
+  strict inequalities are then decided by float rounding). The effective batch (all micro-batches of
+  an optimizer step) would need an extra forward pass over the whole step before the first
+  micro-batch's loss is back-propagated; the running statistics need none and pool more pairs from
+  the second step on. What they give up: they mix in pairs scored by the policy earlier in the same
+  stage. The inequalities are strict, so pairs whose values all equal the mean are "normal".
+  While the stage has seen fewer than MIN_PAIRS = 3 pairs there is no usable spread: every weight
+  is 1 and a warning is emitted (once per stage). Runs resume at task boundaries, where no stage is
+  under way, so the statistics need no saving for an exact resume.
 - Retention term per pair: c * ((log pi(y_w) - log pi_old(y_w))^2
   + (log pi(y_l) - log pi_old(y_l))^2), c = method.cppo_retention (0.1), summed response log-probs
   as everywhere in this project; the DPO beta is not part of c.
@@ -47,11 +63,14 @@ taken from the restored adapter, so no extra state is saved.
 The SFT stage is plain SFT (CPPO is a method for the RL stage). Replay is off by default
 (method.replay=true adds it).
 
-Differences from the authors' CPPO: it is PPO with rollouts, a reward model and a critic; here the
+Differences from the CPPO paper: it is PPO with rollouts, a reward model and a critic; here the
 policy term is the DPO/FPO pair loss on fixed preference pairs, "reward" is the implicit DPO margin,
 pi_old is scored once per task rather than kept as a second model, and only the heuristic weights
-(not the learnable-weights variant) are implemented. The category table above is our reading of the
-CPPO paper's Table 1.
+(not the learnable-weights variant) are implemented. Differences from the LifeAlign authors' CPPO
+code: it takes mu and sd over each micro-batch (unbiased std, non-strict inequalities), uses the
+summed (not length-normalised) chosen log-prob, and snapshots pi_old once, when its DPO trainer
+first trains (after the first task's SFT stage), keeping it for every later task (the snapshot is
+taken only while none exists); it also scores pi_old with a forward pass every step.
 """
 import time
 import warnings
@@ -67,18 +86,23 @@ CATEGORIES = ("normal", "high_performance", "overfitting", "high_variance", "noi
 NORMAL, HIGH_PERFORMANCE, OVERFITTING, HIGH_VARIANCE, NOISY = range(5)
 
 
+MIN_PAIRS = 3  # fewer pairs have no usable spread: with 2, both sit exactly at mean +- std
+
+
 def weight_table(lb=0.5, ub=2.0):
-    """(alpha, beta) per category, indexed like CATEGORIES."""
-    return {NORMAL: (1.0, 1.0), HIGH_PERFORMANCE: (ub, ub), OVERFITTING: (1.0, lb),
-            HIGH_VARIANCE: (ub, 1.0), NOISY: (lb, lb)}
+    """(alpha, beta) per category, indexed like CATEGORIES (the CPPO paper's rule, see above)."""
+    return {NORMAL: (1.0, 1.0), HIGH_PERFORMANCE: (ub, ub), OVERFITTING: (ub, lb),
+            HIGH_VARIANCE: (ub, lb), NOISY: (lb, lb)}
 
 
-def cppo_categories(reward, logp, k=1.0):
+def cppo_categories(reward, logp, k=1.0, stats=None):
     """Category index of each sample (see CATEGORIES) from detached 1-D tensors of equal length.
-    Needs at least two samples (a spread); the caller handles a batch of one."""
-    reward, logp = reward.detach().float(), logp.detach().float()
-    dr, dp = reward - reward.mean(), logp - logp.mean()
-    sr, sp = reward.std(unbiased=False), logp.std(unbiased=False)
+    `stats` = (mean_r, std_r, mean_p, std_p); None: those of the samples themselves."""
+    reward, logp = reward.detach().double(), logp.detach().double()
+    if stats is None:
+        stats = (reward.mean(), reward.std(unbiased=False), logp.mean(), logp.std(unbiased=False))
+    mr, sr, mp, sp = (float(x) for x in stats)
+    dr, dp = reward - mr, logp - mp
     hi_r, lo_r = dr > k * sr, dr < -k * sr
     hi_p, lo_p = dp > k * sp, dp < -k * sp
     cat = torch.full(reward.shape, NORMAL, dtype=torch.long, device=reward.device)
@@ -89,18 +113,39 @@ def cppo_categories(reward, logp, k=1.0):
     return cat
 
 
-def cppo_weights(reward, logp, k=1.0, lb=0.5, ub=2.0):
-    """(alpha, beta, categories) per sample; with fewer than two samples all weights are 1 and the
-    categories None."""
-    n = reward.numel()
-    if n < 2:
-        ones = torch.ones(n, dtype=torch.float32, device=reward.device)
-        return ones, ones.clone(), None
-    cat = cppo_categories(reward, logp, k)
+def cppo_weights(reward, logp, k=1.0, lb=0.5, ub=2.0, stats=None):
+    """(alpha, beta, categories) per sample, against `stats` (see cppo_categories)."""
+    cat = cppo_categories(reward, logp, k, stats)
     table = weight_table(lb, ub)
     alpha = torch.tensor([table[c][0] for c in range(len(CATEGORIES))], device=cat.device)[cat]
     beta = torch.tensor([table[c][1] for c in range(len(CATEGORIES))], device=cat.device)[cat]
     return alpha, beta, cat
+
+
+class RunningMoments:
+    """Count, sum and sum of squares (float64) of the rewards and log-probs seen so far, pooled
+    across ranks; `stats()` gives (mean_r, std_r, mean_p, std_p), population std."""
+
+    def __init__(self):
+        self.sums = torch.zeros(5, dtype=torch.float64)  # n, sum r, sum r^2, sum p, sum p^2
+
+    @property
+    def count(self):
+        return int(self.sums[0])
+
+    def update(self, reward, logp):
+        r, p = reward.detach().double(), logp.detach().double()
+        batch = torch.stack([torch.tensor(float(r.numel()), dtype=torch.float64, device=r.device),
+                             r.sum(), (r * r).sum(), p.sum(), (p * p).sum()])
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(batch)
+        self.sums += batch.cpu()
+
+    def stats(self):
+        n, sr, sr2, sp, sp2 = self.sums.tolist()
+        mr, mp = sr / n, sp / n
+        return mr, max(sr2 / n - mr * mr, 0.0) ** 0.5, mp, max(sp2 / n - mp * mp, 0.0) ** 0.5
 
 
 class CPPOPlugin(Plugin):
@@ -111,6 +156,7 @@ class CPPOPlugin(Plugin):
         self._snapshot = None
         self._warned = False
         self._stats = None
+        self.moments = RunningMoments()
 
     # ------------------------------------------------------------ pi_old
     def on_task_start(self, loop, task):
@@ -119,6 +165,7 @@ class CPPOPlugin(Plugin):
 
     def on_stage_start(self, loop, stage):
         self._warned = False
+        self.moments = RunningMoments()
         self._stats = {"counts": [0] * len(CATEGORIES), "retention": 0.0, "steps": 0, "old_scoring_s": 0.0}
         if stage != "pref":
             return
@@ -152,12 +199,17 @@ class CPPOPlugin(Plugin):
         per_pair = outputs["per_pair_loss"]
         reward = outputs["margin"].detach()
         logp = chosen.detach() / outputs["chosen_counts"].clamp(min=1)
-        if reward.numel() < 2 and not self._warned:
-            warnings.warn("CPPO: a preference batch of one pair has no spread; its weights fall back to 1",
-                          stacklevel=2)
-            self._warned = True
-        alpha, beta, cat = cppo_weights(reward, logp, self.k, self.lb, self.ub)
-        alpha, beta = alpha.to(per_pair.dtype), beta.to(per_pair.dtype)
+        self.moments.update(reward, logp)
+        if self.moments.count < MIN_PAIRS:
+            if not self._warned:
+                warnings.warn(f"CPPO: the stage has seen {self.moments.count} pairs, fewer than {MIN_PAIRS}: "
+                              "no usable spread, so their weights fall back to 1", stacklevel=2)
+                self._warned = True
+            alpha = beta = torch.ones_like(per_pair)
+            cat = None
+        else:
+            alpha, beta, cat = cppo_weights(reward, logp, self.k, self.lb, self.ub, self.moments.stats())
+            alpha, beta = alpha.to(per_pair.dtype), beta.to(per_pair.dtype)
         old_c = batch["old_chosen_logps"].to(chosen.device, chosen.dtype)
         old_r = batch["old_rejected_logps"].to(rejected.device, rejected.dtype)
         retention = self.retention * ((chosen - old_c) ** 2 + (rejected - old_r) ** 2)
@@ -175,9 +227,12 @@ class CPPOPlugin(Plugin):
         if stage != "pref" or not self._stats:
             return None
         s = self._stats
-        return {"categories": dict(zip(CATEGORIES, s["counts"])),
-                "mean_retention": s["retention"] / max(s["steps"], 1),
-                "old_scoring_s": s["old_scoring_s"]}
+        report = {"categories": dict(zip(CATEGORIES, s["counts"])),
+                  "mean_retention": s["retention"] / max(s["steps"], 1),
+                  "old_scoring_s": s["old_scoring_s"], "pairs_seen": self.moments.count}
+        if self.moments.count:
+            report.update(zip(("reward_mean", "reward_std", "logp_mean", "logp_std"), self.moments.stats()))
+        return report
 
 
 @register("cppo", replay=False)

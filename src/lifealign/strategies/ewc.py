@@ -9,22 +9,29 @@ Fisher F and one anchor theta*, and every training step's loss gets
 over the trainable parameters (the LoRA matrices; the base model is frozen, so it needs no penalty).
 
 Our choices.
-- Consolidation happens after EVERY stage, SFT and preference alike (the pipeline trains both per
-  task): F <- gamma * F + F_new, theta* <- the parameters at the end of that stage. gamma = 1
-  (`method.ewc_gamma`) sums the Fisher of all earlier stages: online EWC accumulates, it does not
-  replace F each stage (a correction of the released baseline). With gamma = 1 the update
-  of Schwarz et al. (penalty weighted by gamma*F) and ours coincide. The first stage of the first
-  task trains without a penalty (F is still empty); the preference stage of task t is anchored at the
-  end of task t's SFT stage, whose Fisher is already in F.
-- F_new is the diagonal EMPIRICAL Fisher of the stage's own loss (SFT: the mean response-token NLL;
-  preference: the DPO/FPO per-pair loss against the base model) on the stage's training records
-  (`loop.stage_records`, so replayed rows too when replay is on): the mean over examples of the
-  squared per-example gradient, each example a batch of one (exact per-example gradients, no
-  batching approximation). At most `method.ewc_fisher_samples` examples (default 64), a seeded
-  random subset of the stage's records (seed, task index and stage fix it, so reruns and resumed
-  runs draw the same ones). The model is in eval mode for this pass (no dropout noise; the LoRA
-  dropout is 0 by default anyway) and runs under the run's precision (`loop.autocast()`); F is
-  kept in fp32.
+- When to consolidate (`method.ewc_scope`):
+  - "task" (default): once per task, at its end, as EWC is defined (protect what earlier TASKS
+    learned). F <- gamma * F + (F_sft + F_pref), each stage's Fisher computed at the task's end
+    with that stage's own loss and records, and theta* <- the parameters at the task's end. Both
+    stages of task t train against the anchor and Fisher of tasks 1..t-1; task t's preference stage
+    is free to move away from task t's own SFT solution.
+  - "stage": after every stage, SFT and preference alike, as the authors' code does:
+    F <- gamma * F + F_stage, theta* <- the parameters at the end of that stage. The preference
+    stage of task t is then anchored at the end of task t's SFT stage, whose Fisher is already in
+    F: a pull towards the same task's SFT solution that EWC itself does not have.
+  gamma = 1 (`method.ewc_gamma`) sums the Fisher of all earlier consolidations: online EWC
+  accumulates, it does not replace F (a correction of the released baseline). With
+  gamma = 1 the update of Schwarz et al. (penalty weighted by gamma*F) and ours coincide. The first
+  task trains without a penalty (F is still empty; with "stage", only its first stage).
+- A stage's Fisher is the diagonal EMPIRICAL Fisher of the stage's own loss (SFT: the mean
+  response-token NLL; preference: the DPO/FPO per-pair loss against the base model) on the stage's
+  training records (`loop.stage_records`, so replayed rows too when replay is on): the mean over
+  examples of the squared per-example gradient, each example a batch of one (exact per-example
+  gradients, no batching approximation). At most `method.ewc_fisher_samples` examples per stage
+  (default 64), a seeded random subset of the stage's records (seed, task index and stage fix it,
+  so reruns and resumed runs draw the same ones). The model is in eval mode for this pass (no
+  dropout noise; the LoRA dropout is 0 by default anyway) and runs under the run's precision
+  (`loop.autocast()`); F is kept in fp32.
 - lambda (`method.ewc_lambda`, default 1e4). Why that scale: with a mean-over-examples loss,
   (1/2) sum F (theta - theta*)^2 is the second-order (Laplace) estimate of how much an earlier
   stage's MEAN loss rose, so lambda = 1 would be the "Bayesian" weight; in practice it is far too
@@ -42,19 +49,23 @@ Our choices.
   DPO and follows `method.loss`.
 
 State (saved in state.pt after each task, restored on resume): F and theta* (fp32, CPU) per
-parameter name, plus how many stages were consolidated; `state_nbytes` reports both tensors.
+parameter name, plus how many consolidations were made; `state_nbytes` reports both tensors. (Runs
+resume at task boundaries, where a "task" scope holds no pending stage.)
 
-Differences from the authors' released baseline: the released EWC replaced the
-Fisher at each stage instead of accumulating it; we accumulate (online EWC) as both papers define.
+Differences from the authors' released baseline: the released EWC replaced the Fisher at each
+stage instead of accumulating it; we accumulate (online EWC) as both papers define. It consolidated
+after every stage ("stage" scope here); the default here is once per task, as EWC defines.
 """
 import random
 
 import torch
 
+from ..config import MethodConfig as DEFAULTS
 from . import register
 from .base import Plugin, Strategy
 
 STAGE_INDEX = {"sft": 0, "pref": 1}
+SCOPES = ("task", "stage")
 
 
 def trainable_named(model):
@@ -106,7 +117,10 @@ def empirical_fisher(model, params, examples, collate, stage_loss, autocast):
 class EWCPlugin(Plugin):
     name = "ewc"
 
-    def __init__(self, lam=1e4, gamma=1.0, fisher_samples=64, seed=0):
+    def __init__(self, lam=1e4, gamma=1.0, fisher_samples=64, seed=0, scope=DEFAULTS.ewc_scope):
+        if scope not in SCOPES:
+            raise ValueError(f"ewc_scope {scope!r}: allowed values {SCOPES}")
+        self.scope = scope
         self.lam = float(lam)
         self.gamma = float(gamma)
         self.fisher_samples = int(fisher_samples)
@@ -115,6 +129,7 @@ class EWCPlugin(Plugin):
         self.anchor = {}   # name -> theta* (cpu fp32)
         self.consolidations = 0
         self._device_cache = None  # (device, fisher, anchor) copies on the training device
+        self._pending = []         # "task" scope: (examples, collate, stage_loss) of the task's stages
         self._penalty = [0.0, 0]   # this stage's summed penalty (a detached tensor once added) and calls
 
     # ------------------------------------------------------------ training
@@ -156,17 +171,37 @@ class EWCPlugin(Plugin):
         self.consolidations += 1
         self._device_cache = None
 
+    def on_task_start(self, loop, task):
+        self._pending = []
+
     def on_stage_end(self, loop, stage):
-        params = trainable_named(loop.model)
         examples = self.fisher_examples(loop, stage)
-        new_fisher = empirical_fisher(loop.model, params, examples, loop.collate, loop.stage_loss, loop.autocast)
-        self.consolidate(params, new_fisher)
         total, calls = self._penalty
         self._penalty = [0.0, 0]
-        return {"fisher_examples": len(examples), "mean_penalty": float(total) / max(calls, 1),
-                "new_fisher_sum": float(sum(f.sum() for f in new_fisher.values())),
-                "fisher_sum": float(sum(f.sum() for f in self.fisher.values())),
-                "consolidations": self.consolidations}
+        report = {"fisher_examples": len(examples), "mean_penalty": float(total) / max(calls, 1)}
+        if self.scope == "task":  # the Fisher is computed at the task's end, at its anchor
+            self._pending.append((examples, loop.collate, loop.stage_loss))
+        else:
+            params = trainable_named(loop.model)
+            new_fisher = empirical_fisher(loop.model, params, examples, loop.collate, loop.stage_loss,
+                                          loop.autocast)
+            self.consolidate(params, new_fisher)
+            report["new_fisher_sum"] = float(sum(f.sum() for f in new_fisher.values()))
+        report["fisher_sum"] = float(sum(f.sum() for f in self.fisher.values()))
+        report["consolidations"] = self.consolidations
+        return report
+
+    def on_task_end(self, loop, task):
+        if self.scope != "task" or not self._pending:
+            return
+        params = trainable_named(loop.model)
+        task_fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+        for examples, collate, stage_loss in self._pending:
+            stage_fisher = empirical_fisher(loop.model, params, examples, collate, stage_loss, loop.autocast)
+            for n, f in stage_fisher.items():
+                task_fisher[n] += f
+        self._pending = []
+        self.consolidate(params, task_fisher)
 
     # ------------------------------------------------------------ state
     def state_dict(self):
@@ -186,4 +221,5 @@ class EWCPlugin(Plugin):
 @register("ewc", replay=False)
 def ewc(cfg):
     m = cfg.method
-    return Strategy("ewc", "dpo", [EWCPlugin(m.ewc_lambda, m.ewc_gamma, m.ewc_fisher_samples, cfg.seed)])
+    return Strategy("ewc", "dpo", [EWCPlugin(m.ewc_lambda, m.ewc_gamma, m.ewc_fisher_samples, cfg.seed,
+                                             m.ewc_scope)])

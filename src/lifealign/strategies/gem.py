@@ -21,7 +21,7 @@ Our choices.
   when its stage has finished, so task t is constrained by tasks 1..t-1 only (as in the paper).
 - When: `before_optimizer_step`, i.e. after backward, after the gradient has been synced across
   ranks and clipped to `max_grad_norm`, and BEFORE `optimizer.step()`; the projected gradient is
-  written back into `.grad` in place, so the optimizer (AdamW here) applies it. The current
+  written back into `.grad` in place, so the optimizer applies it. The current
   gradient is saved, `.grad` is cleared, the memory losses are back-propagated (forward passes
   under `loop.autocast()`, chunks of the stage batch size, each chunk weighted by its share of the
   memory, so a chunked memory gradient is the gradient of the memory's mean of chunk losses; for
@@ -39,6 +39,15 @@ Our choices.
   projection). The ridge is tiny and scale-free, 1e-8 * mean(diag G G^T), only to make P strictly
   positive definite when memory gradients are (nearly) collinear (the authors used an absolute 1e-3,
   which on LoRA-sized gradients would swamp G G^T).
+- The optimizer is plain SGD (no momentum, no weight decay) by default, as in both papers: the step
+  is then -lr * g~, and g~ . g_k >= 0 means the step does not increase (to first order) the loss on
+  any memory. An adaptive optimizer rescales each coordinate by its own moment estimates, so the
+  step it takes from g~ may conflict with the memories again (and the moments carried across
+  tasks mix in earlier tasks' gradients). `method.projection_optimizer=adamw` gives the run's
+  AdamW at the stage learning rate instead. The SGD learning rate is `method.sgd_lr` for both
+  stages (chosen by the measurement in docs/baselines.md); the stage's schedule (warm-up, cosine)
+  still scales it. One SGD per stage kind for the whole run, like the runner's AdamW (stateless
+  without momentum, so nothing carries over between tasks).
 - A-GEM samples `method.agem_sample_size` (default 16) records uniformly without replacement from
   all earlier memories of the stage kind, a fresh sample each step (as in the paper).
 - Replay is off by default (`method.replay=true` adds it); the preference loss is DPO and follows
@@ -48,17 +57,24 @@ Report per stage: steps, how many were projected (the constraint was violated), 
 in memory. State: the memories (records with token ids and reference log-probs), saved after each
 task; `state_nbytes` counts their text and token ids like the replay buffer.
 
-Difference from the authors' released baseline: their GEM/A-GEM projected the gradient
-after `optimizer.step()`, so the projection never changed the update; here it acts before the step.
+Differences from the LifeAlign authors' released GEM (github.com/real-ljs/LifeAlign,
+CL_methods/GEM.py; the repository has no A-GEM): it projected in `on_optimizer_step`, i.e. after
+`optimizer.step()`, so the projection never changed the update; here it acts before the step. It
+kept no episodic memory: each earlier "task" (SFT and DPO stages pooled) is represented by a running
+average (0.9 / 0.1) of its own training gradients; it projected each parameter tensor separately,
+solved the QP with qpth (margin 0.1 by default, a ridge of 1.0 when P is not positive definite),
+and stepped with the trainer's AdamW.
 """
 import numpy as np
 import torch
 
+from ..config import MethodConfig as DEFAULTS
 from . import register
 from .base import Plugin, Strategy, records_nbytes
 
 STAGE_INDEX = {"sft": 0, "pref": 1}
 RIDGE = 1e-8
+OPTIMIZERS = ("sgd", "adamw")
 
 
 # ---------------------------------------------------------------- projections (pure functions)
@@ -147,11 +163,20 @@ class EpisodicMemory(Plugin):
 
     name = "gem"
 
-    def __init__(self, memory_size=16, seed=0):
+    def __init__(self, memory_size=16, seed=0, optimizer=DEFAULTS.projection_optimizer,
+                 sgd_lr=DEFAULTS.sgd_lr):
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"projection optimizer {optimizer!r}: allowed values {OPTIMIZERS}")
         self.memory_size = int(memory_size)
         self.seed = seed
+        self.optimizer, self.sgd_lr = optimizer, float(sgd_lr)
         self.memories = {"sft": {}, "pref": {}}  # stage -> {task: [records]} in task order
         self._stats = None
+
+    def make_optimizer(self, loop, stage, params, stage_cfg):
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.sgd_lr, momentum=0.0, weight_decay=0.0)
+        return None  # the runner's AdamW
 
     def on_stage_start(self, loop, stage):
         self._stats = {"steps": 0, "projected": 0,
@@ -204,8 +229,9 @@ class EpisodicMemory(Plugin):
 class GEMPlugin(EpisodicMemory):
     name = "gem"
 
-    def __init__(self, memory_size=16, margin=0.5, seed=0):
-        super().__init__(memory_size, seed)
+    def __init__(self, memory_size=16, margin=0.5, seed=0, optimizer=DEFAULTS.projection_optimizer,
+                 sgd_lr=DEFAULTS.sgd_lr):
+        super().__init__(memory_size, seed, optimizer, sgd_lr)
         self.margin = float(margin)
 
     def project(self, loop, stage, g, earlier, grad_on):
@@ -216,8 +242,9 @@ class GEMPlugin(EpisodicMemory):
 class AGEMPlugin(EpisodicMemory):
     name = "agem"
 
-    def __init__(self, memory_size=16, sample_size=16, seed=0):
-        super().__init__(memory_size, seed)
+    def __init__(self, memory_size=16, sample_size=16, seed=0, optimizer=DEFAULTS.projection_optimizer,
+                 sgd_lr=DEFAULTS.sgd_lr):
+        super().__init__(memory_size, seed, optimizer, sgd_lr)
         self.sample_size = int(sample_size)
 
     def sample(self, loop, stage, earlier):
@@ -234,10 +261,12 @@ class AGEMPlugin(EpisodicMemory):
 @register("gem", replay=False)
 def gem(cfg):
     m = cfg.method
-    return Strategy("gem", "dpo", [GEMPlugin(m.gem_memory_size, m.gem_margin, cfg.seed)])
+    return Strategy("gem", "dpo", [GEMPlugin(m.gem_memory_size, m.gem_margin, cfg.seed, m.projection_optimizer,
+                                             m.sgd_lr)])
 
 
 @register("agem", replay=False)
 def agem(cfg):
     m = cfg.method
-    return Strategy("agem", "dpo", [AGEMPlugin(m.gem_memory_size, m.agem_sample_size, cfg.seed)])
+    return Strategy("agem", "dpo", [AGEMPlugin(m.gem_memory_size, m.agem_sample_size, cfg.seed,
+                                               m.projection_optimizer, m.sgd_lr)])

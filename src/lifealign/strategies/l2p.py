@@ -32,8 +32,14 @@ Our choices.
   standard deviation of the model's token-embedding table, so the prompts enter at the scale of real
   tokens. Seeded by the run's seed (a generator of its own, the global RNG is untouched).
 - LoRA is frozen (the run's adapter stays at its initialisation, a no-op since B = 0): the trainable
-  parameters are exactly the prompts and the keys; the runner builds its optimizer from them and
-  the stage learning rates apply to them.
+  parameters are exactly the prompts and the keys.
+- Optimizer: Adam(W) without weight decay at `method.l2p_lr` (default 0.03) for the prompts and keys,
+  the L2P paper's and its released configs' setting (Adam, constant learning rate 0.03, batch 128).
+  Prompt embeddings need a learning rate far above LoRA's: they are free vectors at the scale of token
+  embeddings, trained through a frozen network. Built by `make_optimizer` as its own parameter group;
+  any other trainable parameter (none with LoRA frozen) keeps the stage learning rate. The stage's
+  schedule (warm-up, cosine) scales it, and one optimizer per stage kind carries its state over
+  between tasks like every method here.
 - Mechanics: the pool is a submodule (`l2p_pool`) of the base causal LM, so its parameters are
   model parameters (optimizer, DDP, `.to(device)`). A forward pre-hook on that causal LM turns
   input_ids into inputs_embeds with the selected prompts in front and extends the attention mask
@@ -59,7 +65,14 @@ chosen most often in the batch, for every input of the batch), take the query fr
 = 1.0 (its CIFAR-100 config: M = 10, L_p = 10, N = 4). The paper also describes an optional
 frequency-based diversification of the selection when task boundaries are known during training.
 We keep the paper's instance-wise selection without that option, and the causal-LM losses (SFT NLL,
-DPO) in place of the classifier; there is no head to train.
+DPO) in place of the classifier; there is no head to train. Its optimizer runs at a constant
+learning rate and is re-initialised at every task (reinit_optimizer = True); here the stage's
+schedule scales `method.l2p_lr` and the optimizer state carries over between tasks.
+
+The LifeAlign authors' L2P (github.com/real-ljs/LifeAlign, CL_methods/L2P.py) has no separate keys
+(a prompt's key is the mean of its embeddings), takes the query from the mean embedding of the whole
+padded sequence, trains the pool with the trainer's own learning rate (the stage's: 5e-6 for DPO at
+paper scale), and runs the reference pass with the prompts in place.
 """
 import inspect
 import math
@@ -69,6 +82,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import MethodConfig as DEFAULTS
 from . import register
 from .base import Plugin, Strategy
 
@@ -132,11 +146,12 @@ class L2P(Plugin):
     name = "l2p"
     rewrites_inputs = True  # its hooks extend 2D attention masks: one row per sequence
 
-    def __init__(self, pool_size=10, prompt_length=5, top_k=3, key_lambda=0.5, seed=0):
+    def __init__(self, pool_size=10, prompt_length=5, top_k=3, key_lambda=0.5, seed=0, lr=DEFAULTS.l2p_lr):
         if top_k > pool_size:
             raise ValueError(f"l2p_top_k ({top_k}) must not exceed l2p_pool_size ({pool_size})")
         self.pool_size, self.prompt_length, self.top_k = pool_size, prompt_length, top_k
         self.key_lambda = key_lambda
+        self.lr = float(lr)
         self.seed = seed
         self.enabled = True          # a switch for tests; the PEFT adapter switches are what count
         self.pool = None
@@ -323,6 +338,14 @@ class L2P(Plugin):
         self.stage_usage = torch.zeros(self.pool_size, dtype=torch.long)
         self.fallbacks = 0
 
+    def make_optimizer(self, loop, stage, params, stage_cfg):
+        """AdamW with the pool in a group of its own at the L2P learning rate."""
+        pool_ids = {id(p) for p in self.pool.parameters()} if self.pool is not None else set()
+        pool = [p for p in params if id(p) in pool_ids]
+        rest = [p for p in params if id(p) not in pool_ids]
+        groups = [{"params": pool, "lr": self.lr}] + ([{"params": rest, "lr": stage_cfg.lr}] if rest else [])
+        return torch.optim.AdamW(groups, lr=stage_cfg.lr, weight_decay=0.0)
+
     def extra_loss(self, loop, stage, model, batch, outputs):
         sims, self._sims = self._sims, []
         if not sims or not self.key_lambda:
@@ -362,4 +385,4 @@ class L2P(Plugin):
 def l2p(cfg):
     m = cfg.method
     return Strategy("l2p", "dpo", [L2P(m.l2p_pool_size, m.l2p_prompt_length, m.l2p_top_k, m.l2p_key_lambda,
-                                       seed=cfg.seed)])
+                                       seed=cfg.seed, lr=m.l2p_lr)])
