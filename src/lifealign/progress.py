@@ -22,8 +22,6 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from transformers import TrainerCallback
-
 from .io import write_text
 
 LOG_EVERY_S = 10.0    # at most one step line per this many seconds in run.log
@@ -43,19 +41,24 @@ def duration(seconds):
     return f"{seconds}s"
 
 
-def describe(state):
-    """One line from a progress.json state: task k/T name: stage s/S steps, tok/s, elapsed, ETA."""
-    parts = []
+def where(state):
+    """Where a run is, from its progress.json state: task k/T name: stage s/S steps, tok/s."""
     if state.get("task"):
-        parts.append(f"task {state['task']}/{state['tasks']} {state.get('task_name') or ''}".rstrip())
+        task = f"task {state['task']}/{state['tasks']} {state.get('task_name') or ''}".rstrip()
+    else:  # before the first task: loading and reference log-probs, then the base model's row
+        task = "base model" if state.get("tasks") else "setup"
     stage = state.get("stage") or ""
     if state.get("steps"):
         stage += f" {state.get('step', 0)}/{state['steps']} steps"
     if state.get("tokens_per_s"):
         stage += f", {state['tokens_per_s']:.0f} tok/s"
-    head = ": ".join(p for p in (" ".join(parts), stage) if p)
-    eta = f", ETA {duration(state['eta_s'])}" if state.get("state") == "running" and state.get("eta_s") is not None else ""
-    return f"{head} | elapsed {duration(state.get('elapsed_s'))}{eta}"
+    return ": ".join(p for p in (task, stage) if p)
+
+
+def describe(state):
+    """One line from a progress.json state: where the run is, elapsed and (running) ETA."""
+    eta = state.get("eta_s") if state.get("state") == "running" else None
+    return f"{where(state)} | elapsed {duration(state.get('elapsed_s'))}" + (f", ETA {duration(eta)}" if eta is not None else "")
 
 
 class RunProgress:
@@ -176,7 +179,15 @@ class RunProgress:
 
     def callback(self, tokens):
         """A TrainerCallback that reports the Trainer's steps; `tokens()` counts the stage's tokens."""
-        return _StepCallback(self, tokens)
+        from transformers import TrainerCallback
+
+        progress = self
+
+        class StepCallback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                progress.steps(state.global_step, state.max_steps, tokens())
+
+        return StepCallback()
 
     # ------------------------------------------------------------ internals
     def _end_stage(self):
@@ -249,14 +260,6 @@ class RunProgress:
         self.state["updated"] = _now()
         write_text(self.out / "progress.json", json.dumps(self.state, indent=1) + "\n")
         self.last_state = time.time()
-
-
-class _StepCallback(TrainerCallback):
-    def __init__(self, progress, tokens):
-        self.progress, self.tokens = progress, tokens
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.progress.steps(state.global_step, state.max_steps, self.tokens())
 
 
 def _terminal_bar(total, title):
