@@ -11,8 +11,9 @@ after every training step. It writes
 
 Estimated time left: a run's work is its tasks. The current task's share done is its finished stages
 plus the current stage's share of steps, each stage weighted by how long the same stage took in
-the previous task. The rate is this process's time per unit of work, so a resumed run is not
-credited with the tasks it found finished.
+the previous task (in the first task, each stage counts as a quarter of what is left of it). The
+rate is this process's time per unit of work, so a resumed run is not credited with the tasks it
+found finished.
 """
 import json
 import os
@@ -26,6 +27,7 @@ from .io import write_text
 
 LOG_EVERY_S = 10.0    # at most one step line per this many seconds in run.log
 STATE_EVERY_S = 1.0   # at most one progress.json write per this many seconds between boundaries
+FIRST_TASK_STAGE = 0.75  # the share of the first task left after each of its stages (see _task_share)
 STAGE_LABELS = {"sft": "SFT", "pref": "preference"}
 
 
@@ -218,8 +220,8 @@ class RunProgress:
         done = len(self.task_stages)
         frac = self.state["step"] / self.state["steps"] if self.state["steps"] else 0.0
         weights = self.stage_weights
-        if not weights:  # the first task: the stages still to come are unknown; those seen count as half
-            return 0.5 * (done + frac) / (done + 1)
+        if not weights:  # the first task: the stages to come are unknown
+            return 1 - FIRST_TASK_STAGE ** (done + frac)
         current = weights[done] if done < len(weights) else 0.0
         return min((sum(weights[:done]) + current * frac) / (sum(weights) or 1.0), 1.0)
 
