@@ -97,7 +97,7 @@ class RunProgress:
         if done:
             self._line(f"resuming: {done}/{tasks} tasks finished")
         if self.enabled and self.console == "notebook" and self.run_bar is None:
-            self.run_bar = _notebook_bar(tasks, done)
+            self.run_bar = _notebook_bar()
         self._save()
 
     def task(self, index, name):
@@ -229,9 +229,9 @@ class RunProgress:
         if self.run_bar is None:
             return
         done = self.state["tasks"] if self.state["state"] == "finished" else self.tasks_done + self._task_share()
-        self.run_bar.n = round(done, 2)
-        self.run_bar.set_description_str(self._bar_title(), refresh=False)
-        self.run_bar.set_postfix_str(self._bar_postfix(), refresh=False)
+        self.run_bar.n = int(100 * done / self.state["tasks"])  # percent: widget bars take integers
+        self.run_bar.set_description_str(where(self.state), refresh=False)
+        self.run_bar.set_postfix_str(self._bar_postfix(speed=False), refresh=False)
         self.run_bar.refresh()
 
     def _bar_title(self):
@@ -239,9 +239,9 @@ class RunProgress:
         task = f"task {s['task']}/{s['tasks']} {s['task_name']}: " if s["task"] else ""
         return f"{task}{s['stage']}"
 
-    def _bar_postfix(self):
+    def _bar_postfix(self, speed=True):
         s = self.state
-        speed = f"{s['tokens_per_s']:.0f} tok/s, " if s["tokens_per_s"] else ""
+        speed = f"{s['tokens_per_s']:.0f} tok/s, " if speed and s["tokens_per_s"] else ""
         return f"{speed}run {duration(s['elapsed_s'])}, ETA {duration(s['eta_s'])}"
 
     def _line(self, text, console=True):
@@ -271,30 +271,31 @@ def _terminal_bar(total, title):
                 disable=False)
 
 
-def _notebook_bar(tasks, done):
-    """The run's bar in a notebook's output: tqdm's widget, or a text line without ipywidgets."""
+def _notebook_bar():
+    """The run's bar (percent done) in a notebook's output: tqdm's widget, or a text line without
+    ipywidgets."""
     try:
         import ipywidgets  # noqa: F401  (tqdm.notebook's bar is one)
         from tqdm.notebook import tqdm
     except ImportError:
-        return _TextBar(tasks, done)
-    return tqdm(total=tasks, initial=done, unit="task", disable=False,
-                bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}")
+        return _TextBar()
+    return tqdm(total=100, disable=False, bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}")
 
 
 class _TextBar:
     """A line in a notebook's output, updated in place (IPython display), where tqdm's widget bar
     is not available. Takes the calls RunProgress makes on a tqdm bar."""
 
-    def __init__(self, total, done):
-        from IPython.display import display
+    def __init__(self):
+        from IPython.display import Pretty, display
 
-        self.total, self.n, self.desc, self.postfix = total, done, "", ""
-        self.handle = display(self._text(), display_id=True)
+        self.pretty = Pretty
+        self.n, self.desc, self.postfix = 0, "", ""
+        self.handle = display(Pretty(self._text()), display_id=True)
 
     def _text(self):
-        filled = int(20 * self.n / self.total) if self.total else 0
-        return f"{self.desc} [{'#' * filled}{'.' * (20 - filled)}] {self.n:.1f}/{self.total} tasks, {self.postfix}"
+        filled = self.n // 5
+        return f"{self.desc} {self.n:3d}% [{'#' * filled}{'.' * (20 - filled)}] {self.postfix}"
 
     def set_description_str(self, text, refresh=True):
         self.desc = text
@@ -303,7 +304,7 @@ class _TextBar:
         self.postfix = text
 
     def refresh(self):
-        self.handle.update(self._text())
+        self.handle.update(self.pretty(self._text()))
 
     def close(self):
         self.refresh()
