@@ -11,9 +11,8 @@ after every training step. It writes
 
 Estimated time left: a run's work is its tasks. The current task's share done is its finished stages
 plus the current stage's share of steps, each stage weighted by how long the same stage took in
-the previous task (in the first task, each stage counts as a quarter of what is left of it). The
-rate is this process's time per unit of work, so a resumed run is not credited with the tasks it
-found finished.
+the previous task (in the first task, by FIRST_TASK_WEIGHTS). The rate is this process's time per
+unit of work, so a resumed run is not credited with the tasks it found finished.
 """
 import json
 import os
@@ -27,7 +26,8 @@ from .io import write_text
 
 LOG_EVERY_S = 10.0    # at most one step line per this many seconds in run.log
 STATE_EVERY_S = 1.0   # at most one progress.json write per this many seconds between boundaries
-FIRST_TASK_STAGE = 0.75  # the share of the first task left after each of its stages (see _task_share)
+# Relative durations assumed for the stages of the first task, before any task has been timed.
+FIRST_TASK_WEIGHTS = {"SFT": 2.0, "preference": 2.0}  # every other stage: 1
 STAGE_LABELS = {"sft": "SFT", "pref": "preference"}
 
 
@@ -60,7 +60,8 @@ def where(state):
 def describe(state):
     """One line from a progress.json state: where the run is, elapsed and (running) ETA."""
     eta = state.get("eta_s") if state.get("state") == "running" else None
-    return f"{where(state)} | elapsed {duration(state.get('elapsed_s'))}" + (f", ETA {duration(eta)}" if eta is not None else "")
+    text = f"{where(state)} | elapsed {duration(state.get('elapsed_s'))}"
+    return text + (f", ETA {duration(eta)}" if eta is not None else "")
 
 
 class RunProgress:
@@ -80,6 +81,7 @@ class RunProgress:
         self.stage_t0 = None
         self.task_stages = []         # seconds of each finished stage of the current task, in order
         self.stage_weights = []       # the same for the previous task
+        self.planned = []             # assumed weights of a task's stages, until one has been timed
         self.last_log = self.last_state = 0.0
         self.bar = None               # the terminal's bar of the current training stage
         self.run_bar = None           # the notebook's bar of the whole run (tasks)
@@ -91,9 +93,11 @@ class RunProgress:
             self._save()
 
     # ------------------------------------------------------------ what the loop calls
-    def plan(self, tasks, done=0):
-        """The run trains `tasks` tasks; `done` of them are already finished (a resumed run)."""
+    def plan(self, tasks, done=0, stages=()):
+        """The run trains `tasks` tasks, each through `stages` (task_stages()); `done` of them are
+        already finished (a resumed run)."""
         self.state["tasks"], self.tasks_done = tasks, done
+        self.planned = [FIRST_TASK_WEIGHTS.get(STAGE_LABELS.get(s, s), 1.0) for s in stages]
         if done:
             self._line(f"resuming: {done}/{tasks} tasks finished")
         if self.enabled and self.console == "notebook" and self.run_bar is None:
@@ -219,9 +223,9 @@ class RunProgress:
             return 0.0
         done = len(self.task_stages)
         frac = self.state["step"] / self.state["steps"] if self.state["steps"] else 0.0
-        weights = self.stage_weights
-        if not weights:  # the first task: the stages to come are unknown
-            return 1 - FIRST_TASK_STAGE ** (done + frac)
+        weights = self.stage_weights or self.planned
+        if not weights:
+            return 0.0
         current = weights[done] if done < len(weights) else 0.0
         return min((sum(weights[:done]) + current * frac) / (sum(weights) or 1.0), 1.0)
 
@@ -314,6 +318,14 @@ def console_for(progress):
     """Where `lifealign run` shows progress: tqdm bars on a terminal when the config's `progress` is
     on, else plain lines on stderr."""
     return "bar" if progress and sys.stderr.isatty() else "lines"
+
+
+def task_stages(cfg, strategy):
+    """The stages of one task, in order: ["sft", "slmc", "pref", "slmc", "evaluation", "generation"]."""
+    after = after_stage_label(strategy)
+    training = ("sft", "pref") if cfg.method.sft else ("pref",)
+    stages = [name for stage in training for name in (stage, after) if name]
+    return stages + ["evaluation"] + (["generation"] if cfg.eval.generation else [])
 
 
 def after_stage_label(strategy):

@@ -35,7 +35,7 @@ from .io import read_json, replace_dir, torch_save, write_json
 from .losses import PREFERENCE_LOSSES
 from .metrics import summarize
 from .models import add_lora, cache_root, load_model, model_fingerprint, pick_precision
-from .progress import RunProgress, after_stage_label
+from .progress import RunProgress, after_stage_label, task_stages
 from .reference import ReferenceCache, autocast
 from .strategies import build_strategy
 from .training import (ListDataset, StageTrainer, clean_response, collate_pairs, collate_sft, encode_records,
@@ -148,7 +148,7 @@ class ContinualLoop:
             self._check_config()
             self.units = self.training_units()
             done = self._completed_tasks()
-            self.progress.plan(len(self.units), len(done))
+            self.progress.plan(len(self.units), len(done), task_stages(self.cfg, self.strategy))
             if done:
                 self._restore(done[-1])
                 print(f"resuming after task {len(done)}: {done[-1].name}")
