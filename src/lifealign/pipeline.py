@@ -307,13 +307,19 @@ def run_group(group, profile_name=None, params=None, root=None, log=_say, only=N
         if is_done(profile_name, spec, root):
             log(f"{label}: done, skipped")
             continue
-        log(f"{label}: running (follow it: tail -f {run_dir(profile_name, spec, root)}/run.log)")
+        log(f"{label}: running (follow it: tail -f {_shown(run_dir(profile_name, spec, root) / 'run.log')})")
         later = sum(1 for s in todo if specs.index(s) >= i)
         with GroupLine(run_dir(profile_name, spec, root), label, later, durations, log) as line:
             run_one(profile_name, spec, root)
         durations.append(line.elapsed())
         log(f"{label}: finished in {duration(durations[-1])} -> {results_dir(profile_name, spec, root)}")
     _prune(root / "results" / profile_name / group, {s.id for s in all_specs}, log)
+
+
+def _shown(path):
+    """`path` relative to the working directory when it lies below it."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
 
 
 class GroupLine:
