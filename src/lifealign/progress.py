@@ -218,7 +218,8 @@ class RunProgress:
 
     def _task_share(self):
         """The current task's share done: its finished stages plus the current stage's share of
-        steps, each stage weighted by how long the same stage of the previous task took."""
+        steps, each stage weighted by how long the same stage of the previous task took (in the
+        first task, by the planned stages' FIRST_TASK_WEIGHTS)."""
         if self.state["task"] is None or self.state["task"] <= self.tasks_done:
             return 0.0
         done = len(self.task_stages)
