@@ -79,7 +79,7 @@ def test_use_profile_changes_only_the_profile_line(tmp_path):
 
 
 def _fake_repo(tmp_path):
-    """configs/, notebooks/experiment.ipynb and the run code, as the pipeline's digest reads them."""
+    """configs/, notebooks/experiment.ipynb and the package, as the pipeline reads them."""
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
     (tmp_path / "notebooks").mkdir()
     shutil.copy(ROOT / "notebooks" / "experiment.ipynb", tmp_path / "notebooks")
@@ -261,8 +261,14 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     assert "Running stage" not in log, log[-3000:]
     assert not (clone / "runs").exists()
 
+    # A forced rerun from scratch (results and run folder removed): the same executed notebook.
     removed = pipeline.grid(profile, "orders")[0]
+    executed = (out / "orders" / removed.id / "experiment.ipynb").read_bytes()
     shutil.rmtree(out / "orders" / removed.id)
+    shutil.rmtree(repo / "runs" / "smoke" / "orders" / removed.id)
     log = _run(dvc + ["repro", "--allow-missing"], repo, env)
     assert f"{removed.id}: running" in log and log.count(": done, skipped") == len(pipeline.grid(profile, "orders")) - 1
     assert (out / "orders" / removed.id / "results.json").exists()
+    assert (out / "orders" / removed.id / "experiment.ipynb").read_bytes() == executed
+    run_log = (repo / "runs" / "smoke" / "orders" / removed.id / "run.log").read_text()
+    assert "task 1/" in run_log and "run finished" in run_log

@@ -24,10 +24,11 @@ def main(argv=None):
 
     try:
         if args.command == "run":
+            from .progress import console_for
             from .runner import format_summary, run
 
             cfg = load_config(args.config, args.overrides)
-            results = run(cfg)
+            results = run(cfg, console=console_for(cfg.progress))
             if int(os.environ.get("RANK", 0)) == 0:
                 print(format_summary(results))
                 print(f"\nresults: {cfg.out}/results.json")

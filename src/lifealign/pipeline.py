@@ -19,7 +19,8 @@ run whose committed results hold the same config and the current run-code versio
 continues with the runs still missing; one made with another config or version is stale.
 
     python -m lifealign.pipeline run matrix        # the group's missing runs, active profile
-    python -m lifealign.pipeline list              # every run of the active profile and its state
+    python -m lifealign.pipeline status            # every run of the active profile: done, running
+                                                   # (task k/T, elapsed, ETA), missing or stale
     python -m lifealign.pipeline notebook data     # execute notebooks/data.ipynb into results/
     python -m lifealign.pipeline use quick         # make `quick` the active profile
     python -m lifealign.pipeline prepare-model     # convert or download the profile's model
@@ -32,6 +33,8 @@ import os
 import re
 import shutil
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +43,7 @@ import yaml
 from .config import ConfigError, load_config
 from .data import DataError
 from .io import read_json, write_text
+from .progress import describe, duration, is_live, read_state, where
 from .run_code import RUN_CODE_VERSION
 
 GROUPS = ("matrix", "ablation", "orders", "sensitivity")
@@ -144,7 +148,7 @@ def _comparable(config):
     return {k: v for k, v in config.items() if k not in _VOLATILE_KEYS}
 
 
-def run_state(profile_name, spec, root=None):
+def committed_state(profile_name, spec, root=None):
     """'done' when the committed results were made with the config the run would use now and the
     current run-code version; 'stale' when they exist but differ in either; 'missing' otherwise."""
     folder = results_dir(profile_name, spec, root)
@@ -157,7 +161,40 @@ def run_state(profile_name, spec, root=None):
 
 
 def is_done(profile_name, spec, root=None):
-    return run_state(profile_name, spec, root) == "done"
+    return committed_state(profile_name, spec, root) == "done"
+
+
+def run_state(profile_name, spec, root=None):
+    """"running" (its run folder's progress.json is live), else committed_state: "done", "stale"
+    (committed results made with another config or run-code version) or "missing"."""
+    if is_live(read_state(run_dir(profile_name, spec, root))):
+        return "running"
+    return committed_state(profile_name, spec, root)
+
+
+def status(profile_name=None, params=None, root=None):
+    """One line per run of the profile: its group, id, state and, for a run in progress (or one
+    that stopped), where it is or stopped; then the counts."""
+    root = Path(root or repo_root())
+    params = params or load_params(root / "params.yaml")
+    profile_name, profile = active_profile(params, profile_name)
+    lines, counts = [], {}
+    for group in GROUPS:
+        for spec in grid(profile, group):
+            state = run_state(profile_name, spec, root)
+            counts[state] = counts.get(state, 0) + 1
+            progress = read_state(run_dir(profile_name, spec, root))
+            detail = ""
+            if state == "running":
+                detail = describe(progress)
+            elif state in ("missing", "stale") and progress and progress.get("state") != "finished":
+                stopped = "failed" if progress.get("state") == "failed" else "stopped"
+                detail = f"({stopped} at task {progress.get('task') or 0}/{progress.get('tasks') or '?'})"
+            lines.append(f"{group:12s} {spec.id:45s} {state:8s} {detail}".rstrip())
+    total = sum(counts.values())
+    lines.append(f"profile {profile_name}: {total} runs, "
+                 + ", ".join(f"{counts[k]} {k}" for k in ("done", "running", "missing", "stale") if k in counts))
+    return lines
 
 
 # ---------------------------------------------------------------- notebooks
@@ -204,7 +241,7 @@ def run_one(profile_name, spec, root=None):
         shutil.rmtree(out_dir)  # tasks finished by other code or another config must not be resumed
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(stamp, version + "\n")
-    execute_notebook("experiment", notebook, {"config": config_path(profile_name),
+    execute_notebook("experiment", notebook, {"config": config_path(profile_name), "progress_bar": False,
                                               "overrides": run_overrides(profile_name, spec)}, root)
     tmp = res_dir.with_name(res_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -224,7 +261,11 @@ def run_one(profile_name, spec, root=None):
     return res_dir
 
 
-def run_group(group, profile_name=None, params=None, root=None, log=print, only=None):
+def _say(line):
+    print(line, flush=True)
+
+
+def run_group(group, profile_name=None, params=None, root=None, log=_say, only=None):
     """Run the group's runs that are not done yet, one after the other; each finished run's results
     land in results/ at once (a kill loses at most the run in progress, which resumes per task).
     `only`: run ids of the group to run, the others are left as they are (to order a long grid)."""
@@ -243,14 +284,86 @@ def run_group(group, profile_name=None, params=None, root=None, log=print, only=
         raise ConfigError(f"profile {profile_name}: {config_path(profile_name)} does not exist")
     (root / "results" / profile_name / group).mkdir(parents=True, exist_ok=True)
     (root / "runs" / profile_name / group).mkdir(parents=True, exist_ok=True)
+    todo = [s for s in specs if not is_done(profile_name, s, root)]
+    durations = []  # of the runs finished by this call: the group's ETA
     for i, spec in enumerate(specs, 1):
+        label = f"[{group} {i}/{len(specs)}] {spec.id}"
         if is_done(profile_name, spec, root):
-            log(f"[{group} {i}/{len(specs)}] {spec.id}: done, skipped")
+            log(f"{label}: done, skipped")
             continue
-        log(f"[{group} {i}/{len(specs)}] {spec.id}: running")
-        run_one(profile_name, spec, root)
-        log(f"[{group} {i}/{len(specs)}] {spec.id}: finished -> {results_dir(profile_name, spec, root)}")
+        log(f"{label}: running (follow it: tail -f {_shown(run_dir(profile_name, spec, root) / 'run.log')})")
+        later = sum(1 for s in todo if specs.index(s) >= i)
+        with GroupLine(run_dir(profile_name, spec, root), label, later, durations, log) as line:
+            run_one(profile_name, spec, root)
+        durations.append(line.elapsed())
+        log(f"{label}: finished in {duration(durations[-1])} -> {results_dir(profile_name, spec, root)}")
     _prune(root / "results" / profile_name / group, {s.id for s in all_specs}, log)
+
+
+def _shown(path):
+    """`path` relative to the working directory when it lies below it."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
+class GroupLine:
+    """While a run's notebook executes (papermill streams none of its output), the run's progress
+    from its progress.json with the group's place and ETA: one line updated in place on a
+    terminal, else a line per stage (and at least one a minute) through `log`."""
+
+    POLL_S = 1.0
+    QUIET_S = 60.0
+
+    def __init__(self, run_folder, label, later, durations, log):
+        self.run_folder, self.label, self.later, self.durations, self.log = run_folder, label, later, durations, log
+        self.started = time.time()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(bar_format="{desc}", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        if self.bar is not None:
+            self.bar.close()
+        return False
+
+    def elapsed(self):
+        return time.time() - self.started
+
+    def line(self, state):
+        """"[matrix 2/3] er-order1-s0 | task 2/5 HC3: preference 12/32 steps, 812 tok/s | run 4m10s,
+        ETA 3m02s | group ETA 12m40s"; the group's ETA adds, per run still to come, the mean time
+        of the runs this call finished, else this run's elapsed time plus its ETA."""
+        run_eta = state.get("eta_s")
+        text = f"{self.label} | {where(state)} | run {duration(self.elapsed())}"
+        if run_eta is None:
+            return text
+        per_run = sum(self.durations) / len(self.durations) if self.durations else self.elapsed() + run_eta
+        return f"{text}, ETA {duration(run_eta)} | group ETA {duration(run_eta + self.later * per_run)}"
+
+    def _watch(self):
+        shown, last_log = None, 0.0
+        while not self.stop.wait(self.POLL_S):
+            state = read_state(self.run_folder)
+            if not state or state.get("state") != "running":
+                continue
+            text = self.line(state)
+            if self.bar is not None:
+                self.bar.set_description_str(text)
+                continue
+            where = (state.get("task"), state.get("stage"))
+            if where != shown or time.time() - last_log >= self.QUIET_S:
+                self.log(text)
+                shown, last_log = where, time.time()
 
 
 def _prune(folder, keep, log):
@@ -336,13 +449,14 @@ def main(argv=None):
     r.add_argument("runs", nargs="*", metavar="RUN_ID", help="only these runs of the group (default: all)")
     n = sub.add_parser("notebook", help="execute a notebook for the active profile")
     n.add_argument("name", choices=NOTEBOOKS)
-    sub.add_parser("list", help="every run of the active profile: done, stale or missing")
+    sub.add_parser("status", help="every run of the active profile: done, running (where, ETA), missing or stale")
+    sub.add_parser("list", help="the same as status")
     sub.add_parser("prepare-model", help="convert or download the active profile's model")
     d = sub.add_parser("data", help="materialise data/ from $LIFEALIGN_DATA_DIR or the pinned download")
     d.add_argument("--dest", default="data")
     u = sub.add_parser("use", help="make a profile the active one (edits params.yaml)")
     u.add_argument("name")
-    for q in (r, n, sub.choices["list"], sub.choices["prepare-model"]):
+    for q in (r, n, sub.choices["status"], sub.choices["list"], sub.choices["prepare-model"]):
         q.add_argument("--profile", default=None, help=f"default: ${PROFILE_ENV} or params.yaml's profile")
     args = p.parse_args(argv)
     try:
@@ -357,10 +471,7 @@ def main(argv=None):
         elif args.command == "data":
             print(materialize_data(args.dest))
         else:
-            name, profile = active_profile(load_params(), args.profile)
-            for group in GROUPS:
-                for spec in grid(profile, group):
-                    print(f"{group:12s} {spec.id:45s} {run_state(name, spec)}")
+            print("\n".join(status(args.profile)))
     except (ConfigError, DataError) as err:
         sys.exit(f"error: {err}")
 

@@ -35,6 +35,7 @@ from .io import read_json, replace_dir, torch_save, write_json
 from .losses import PREFERENCE_LOSSES
 from .metrics import summarize
 from .models import add_lora, cache_root, load_model, machine_description, model_fingerprint, pick_precision
+from .progress import RunProgress, after_stage_label, task_stages
 from .reference import ReferenceCache, autocast
 from .run_code import RUN_CODE_VERSION
 from .strategies import build_strategy
@@ -88,6 +89,7 @@ class ContinualLoop:
         self.stage = None
         self.optimizers = {}
         self.timings = {}
+        self.progress = RunProgress(self.out, enabled=False)  # run() starts the real one
 
     # ---------------------------------------------------------------- set-up
     def setup(self):
@@ -109,6 +111,7 @@ class ContinualLoop:
                                                cfg.data.on_invalid) for name in self.order}
 
         t0 = time.perf_counter()
+        self.progress.stage("model")
         torch.manual_seed(cfg.seed)
         model, tokenizer = load_model(cfg.model.name, device=self.device,
                                       cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else None)
@@ -131,28 +134,33 @@ class ContinualLoop:
         self.ref_cache = ReferenceCache(cache_dir / "reference" / f"{self.fingerprint}-{self.precision}-"
                                         f"{cfg.model.max_length}-{cfg.model.max_prompt_length}-shared.pt")  # shared-prompt rows
         every = [r for t in self.tasks.values() for r in t.train + t.test]
+        self.progress.stage("reference")
         self.ref_cache.fill(self.model, every, self.pad_id, cfg.eval.batch_size, self.precision,
                             progress=cfg.progress and self.is_main, write=self.is_main)
         self.timings["reference_s"] = time.perf_counter() - t0
         self.timings["reference_cache"] = {"hits": self.ref_cache.hits, "misses": self.ref_cache.misses}
 
     # ---------------------------------------------------------------- run
-    def run(self):
-        self.setup()
-        self._check_config()
-        self.units = self.training_units()
-        done = self._completed_tasks()
-        if done:
-            self._restore(done[-1])
-            print(f"resuming after task {len(done)}: {done[-1].name}")
-        base = self._base_eval()
-        for index, (name, records) in enumerate(self.units):
-            if index < len(done):
-                continue
-            self._train_task(index, name, records)
-            if index < len(self.units) - 1:
-                self.write_results(base)
-        return self.write_results(base, final_adapter_digests=self._gather_digests())
+    def run(self, console=None):
+        """`console`: where progress goes besides <out>/run.log and progress.json (lifealign.progress)."""
+        self.progress = RunProgress(self.out, self.cfg.name, console, enabled=self.is_main)
+        with self.progress:
+            self.setup()
+            self._check_config()
+            self.units = self.training_units()
+            done = self._completed_tasks()
+            self.progress.plan(len(self.units), len(done), task_stages(self.cfg, self.strategy))
+            if done:
+                self._restore(done[-1])
+                print(f"resuming after task {len(done)}: {done[-1].name}")
+            base = self._base_eval()
+            for index, (name, records) in enumerate(self.units):
+                if index < len(done):
+                    continue
+                self._train_task(index, name, records)
+                if index < len(self.units) - 1:
+                    self.write_results(base)
+            return self.write_results(base, final_adapter_digests=self._gather_digests())
 
     def training_units(self):
         """What is trained in sequence: one unit per task, or, for a joint (multi-task) method, one
@@ -198,6 +206,7 @@ class ContinualLoop:
         path = self.out / "base_eval.json"
         if path.exists():
             return read_json(path)
+        self.progress.stage("evaluation")
         evals, generations = self.evaluate_row(base=True)
         if self.is_main:
             if generations:
@@ -221,6 +230,7 @@ class ContinualLoop:
                                               self.precision, progress=progress, desc=f"eval {name}",
                                               share_prompt=self.strategy.share_prompt)
         if ev.generation:
+            self.progress.stage("generation")
             for name, task in self.tasks.items():
                 records = task.test[: ev.gen_prompts] if ev.gen_prompts else task.test
                 saved = generations.get(name)
@@ -266,6 +276,7 @@ class ContinualLoop:
         cfg = self.cfg
         self.task_index, self.task = index, name
         print(f"== task {index + 1}/{len(self.units)}: {name} ({self.strategy.name}, {len(train_records)} pairs)")
+        self.progress.task(index, name)
         record = {"task": name, "stages": {}}
         self.strategy.on_task_start(self, name)
         stages = STAGES if cfg.method.sft else ("pref",)
@@ -274,6 +285,7 @@ class ContinualLoop:
         self.strategy.on_task_end(self, name)
 
         t0 = time.perf_counter()
+        self.progress.stage("evaluation")
         evals, generations = self.evaluate_row()
         record["eval_s"] = time.perf_counter() - t0
         record["eval_tokens"] = sum(_pair_tokens(t.test) for t in self.tasks.values())
@@ -281,12 +293,14 @@ class ContinualLoop:
         record["adapter_digest"] = adapter_digest(self.model)
         if self.is_main:
             self._save_task(index, name, evals, record, generations)
+        self.progress.task_done()
         _barrier()
 
     def _train_stage(self, index, stage, name, train_records):
         cfg = self.cfg
         stage_cfg = getattr(cfg, stage)
         self.stage = stage
+        self.progress.stage(stage)
         records = self.strategy.training_records(self, stage, name, train_records)
         if stage == "pref":
             self.ref_cache.fill(self.model, records, self.pad_id, cfg.eval.batch_size, self.precision,
@@ -295,7 +309,7 @@ class ContinualLoop:
         self.model.train()
         seed = cfg.seed * 1000 + index * 10 + STAGES.index(stage)
         args = training_arguments(stage_cfg, self.out / "trainer", seed, self.precision,
-                                  cfg.progress and self.is_main, self.device)
+                                  False, self.device)  # the stage's bar is self.progress's
         if stage == "sft":
             stage_loss = sft_loss
             collate = lambda ex: collate_sft(ex, self.pad_id)  # noqa: E731
@@ -309,9 +323,12 @@ class ContinualLoop:
             optimizers=(self._optimizer(stage, stage_cfg), None), stage_loss=stage_loss,
             hooks=_StageHooks(self, stage), lengths=example_lengths(records, stage) if cfg.group_by_length else None,
         )
+        trainer.add_callback(self.progress.callback(lambda: trainer.tokens_seen * self.world_size))
         t0 = time.perf_counter()
         trainer.train()
         train_s = time.perf_counter() - t0
+        if after_stage_label(self.strategy):
+            self.progress.stage(after_stage_label(self.strategy))
         t0 = time.perf_counter()
         reports = self.strategy.on_stage_end(self, stage)
         consolidate_s = time.perf_counter() - t0
@@ -465,8 +482,8 @@ class _StageHooks:
         self.loop.strategy.before_optimizer_step(self.loop, self.stage, self.loop.model)
 
 
-def run(cfg):
-    return ContinualLoop(cfg).run()
+def run(cfg, console=None):
+    return ContinualLoop(cfg).run(console)
 
 
 def reevaluate(run_dir, overrides=()):

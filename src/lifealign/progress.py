@@ -1,0 +1,366 @@
+"""Live progress of a run: where it is (task k/T, stage, steps), how fast and how long it has left.
+
+`RunProgress` is what the continual loop calls at stage boundaries and, through a TrainerCallback,
+after every training step. It writes
+- `<out>/run.log`: timestamped lines, flushed one by one (`tail -f` follows a run);
+- `<out>/progress.json`: the same state, machine-readable and replaced atomically, which
+  `python -m lifealign.pipeline status` and the pipeline's group line read from another process;
+- to the console, if asked: on a terminal the log's boundary lines and a tqdm bar per training
+  stage ("bar"); in a log, the log's lines on stderr ("lines"); in a notebook, one bar for the
+  whole run ("notebook"). The pipeline's executed notebooks get none: their outputs hold no timings.
+
+Estimated time left: a run's work is its tasks. The current task's share done is its finished stages
+plus the current stage's share of steps, each stage weighted by how long the same stage took in
+the previous task (in the first task, by FIRST_TASK_WEIGHTS). The rate is this process's time per
+unit of work, so a resumed run is not credited with the tasks it found finished.
+"""
+import json
+import os
+import socket
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from .io import write_text
+
+LOG_EVERY_S = 10.0    # at most one step line per this many seconds in run.log
+STATE_EVERY_S = 1.0   # at most one progress.json write per this many seconds between boundaries
+# Relative durations assumed for the stages of the first task, before any task has been timed.
+FIRST_TASK_WEIGHTS = {"SFT": 2.0, "preference": 2.0}  # every other stage: 1
+STAGE_LABELS = {"sft": "SFT", "pref": "preference"}
+
+
+def duration(seconds):
+    """1h02m, 4m05s, 12s; '?' when unknown."""
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def where(state):
+    """Where a run is, from its progress.json state: task k/T name: stage s/S steps, tok/s."""
+    if state.get("task"):
+        task = f"task {state['task']}/{state['tasks']} {state.get('task_name') or ''}".rstrip()
+    else:  # before the first task: loading and reference log-probs, then the base model's row
+        task = "base model" if state.get("tasks") else "setup"
+    stage = state.get("stage") or ""
+    if state.get("steps"):
+        stage += f" {state.get('step', 0)}/{state['steps']} steps"
+    if state.get("tokens_per_s"):
+        stage += f", {state['tokens_per_s']:.0f} tok/s"
+    return ": ".join(p for p in (task, stage) if p)
+
+
+def describe(state):
+    """One line from a progress.json state: where the run is, elapsed and (running) ETA."""
+    eta = state.get("eta_s") if state.get("state") == "running" else None
+    text = f"{where(state)} | elapsed {duration(state.get('elapsed_s'))}"
+    return text + (f", ETA {duration(eta)}" if eta is not None else "")
+
+
+class RunProgress:
+    """Progress of one run. `out`: the run folder; `console`: None, "lines", "bar" (tqdm on stderr)
+    or "notebook" (a bar in the notebook's output); `enabled=False` (non-main ranks) does nothing."""
+
+    def __init__(self, out, name="", console=None, enabled=True):
+        self.enabled = enabled
+        self.console = console
+        self.out = Path(out)
+        self.state = {"run": name, "state": "running", "pid": os.getpid(), "host": socket.gethostname(),
+                      "started": _now(), "task": None, "tasks": None, "task_name": None, "stage": None,
+                      "step": 0, "steps": None, "tokens_per_s": None, "elapsed_s": 0.0, "eta_s": None}
+        self.t0 = time.time()
+        self.tasks_done = 0           # tasks finished, including those found finished on a resume
+        self.work_start = None        # (time, tasks_done) when this process began its first task
+        self.stage_t0 = None
+        self.task_stages = []         # seconds of each finished stage of the current task, in order
+        self.stage_weights = []       # the same for the previous task
+        self.planned = []             # assumed weights of a task's stages, until one has been timed
+        self.last_log = self.last_state = 0.0
+        self.bar = None               # the terminal's bar of the current training stage
+        self.run_bar = None           # the notebook's bar of the whole run (tasks)
+        self.log_file = None
+        if enabled:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.log_file = open(self.out / "run.log", "a", buffering=1)
+            self._line(f"run {name} started (pid {os.getpid()} on {self.state['host']})")
+            self._save()
+
+    # ------------------------------------------------------------ what the loop calls
+    def plan(self, tasks, done=0, stages=()):
+        """The run trains `tasks` tasks, each through `stages` (task_stages()); `done` of them are
+        already finished (a resumed run)."""
+        self.state["tasks"], self.tasks_done = tasks, done
+        self.planned = [FIRST_TASK_WEIGHTS.get(STAGE_LABELS.get(s, s), 1.0) for s in stages]
+        if done:
+            self._line(f"resuming: {done}/{tasks} tasks finished")
+        if self.enabled and self.console == "notebook" and self.run_bar is None:
+            self.run_bar = _notebook_bar()
+        self._save()
+
+    def task(self, index, name):
+        """Task `index` (0-based) begins."""
+        self._end_stage()
+        if self.work_start is None:
+            self.work_start = (time.time(), self.tasks_done)
+        self.state.update(task=index + 1, task_name=name)
+        self.task_stages = []
+
+    def stage(self, stage, steps=None):
+        """A stage begins: model, reference, SFT, preference, a plugin's (slmc...), evaluation, generation."""
+        self._end_stage()
+        label = STAGE_LABELS.get(stage, stage)
+        self.state.update(stage=label, step=0, steps=steps, tokens_per_s=None)
+        self.stage_t0 = self.last_log = time.time()
+        self._update_eta()
+        self._refresh_run_bar()
+        self._line(describe(self.state))
+        self._save()
+
+    def steps(self, done, total, tokens=None):
+        """After a training step: `done` of `total` steps, `tokens` seen in this stage so far."""
+        if not self.enabled:
+            return
+        self.state.update(step=done, steps=total)
+        spent = time.time() - self.stage_t0
+        if tokens is not None and spent > 0:
+            self.state["tokens_per_s"] = tokens / spent
+        self._update_eta()
+        now = time.time()
+        if self.console == "bar":
+            if self.bar is None:
+                self.bar = _terminal_bar(total, self._bar_title())
+            self.bar.total = total
+            self.bar.set_postfix_str(self._bar_postfix(), refresh=False)
+            self.bar.update(done - self.bar.n)
+        self._refresh_run_bar()
+        if now - self.last_log >= LOG_EVERY_S or done == total:
+            self._line(describe(self.state), console=self.bar is None)
+            self.last_log = now
+        if now - self.last_state >= STATE_EVERY_S or done == total:
+            self._save()
+
+    def task_done(self):
+        self._end_stage()
+        self.stage_weights = list(self.task_stages)
+        self.tasks_done += 1
+        self.state.update(stage="task finished", step=0, steps=None, tokens_per_s=None)
+        self._update_eta()
+        self._line(f"task {self.state['task']}/{self.state['tasks']} {self.state['task_name']}: finished "
+                   f"in {duration(sum(self.task_stages))} | elapsed {duration(self.state['elapsed_s'])}, "
+                   f"ETA {duration(self.state['eta_s'])}")
+        self._save()
+
+    def finish(self, error=None):
+        """The run ended: finished, or failed with `error`."""
+        if not self.enabled or self.log_file is None:
+            return
+        self._end_stage()
+        self.state.update(state="failed" if error else "finished", stage=None, step=0, steps=None, eta_s=0.0,
+                          tokens_per_s=None, elapsed_s=time.time() - self.t0)
+        if error:
+            self.state["error"] = f"{type(error).__name__}: {error}"
+        if self.run_bar is not None:
+            self._refresh_run_bar()
+            self.run_bar.close()
+            self.run_bar = None
+        self._line(f"run {self.state['state']}" + (f": {self.state['error']}" if error else "")
+                   + f" after {duration(self.state['elapsed_s'])}")
+        self._save()
+        self.log_file.close()
+        self.log_file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        self.finish(error)
+        return False
+
+    def callback(self, tokens):
+        """A TrainerCallback that reports the Trainer's steps; `tokens()` counts the stage's tokens."""
+        from transformers import TrainerCallback
+
+        progress = self
+
+        class StepCallback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                progress.steps(state.global_step, state.max_steps, tokens())
+
+        return StepCallback()
+
+    # ------------------------------------------------------------ internals
+    def _end_stage(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.stage_t0 is not None and self.state["stage"]:
+            self.task_stages.append(time.time() - self.stage_t0)
+        self.stage_t0 = None
+
+    def _update_eta(self):
+        now = time.time()
+        self.state["elapsed_s"] = now - self.t0
+        tasks = self.state["tasks"]
+        if not tasks or self.work_start is None:
+            self.state["eta_s"] = None
+            return
+        started, done_before = self.work_start
+        done = min(self.tasks_done + self._task_share(), tasks)
+        work = done - done_before
+        self.state["eta_s"] = (now - started) / work * (tasks - done) if work > 0.01 else None
+
+    def _task_share(self):
+        """The current task's share done: its finished stages plus the current stage's share of
+        steps, each stage weighted by how long the same stage of the previous task took (in the
+        first task, by the planned stages' FIRST_TASK_WEIGHTS)."""
+        if self.state["task"] is None or self.state["task"] <= self.tasks_done:
+            return 0.0
+        done = len(self.task_stages)
+        frac = self.state["step"] / self.state["steps"] if self.state["steps"] else 0.0
+        weights = self.stage_weights or self.planned
+        if not weights:
+            return 0.0
+        current = weights[done] if done < len(weights) else 0.0
+        return min((sum(weights[:done]) + current * frac) / (sum(weights) or 1.0), 1.0)
+
+    def _refresh_run_bar(self):
+        if self.run_bar is None:
+            return
+        done = self.state["tasks"] if self.state["state"] == "finished" else self.tasks_done + self._task_share()
+        self.run_bar.n = int(100 * done / self.state["tasks"])  # percent: widget bars take integers
+        self.run_bar.set_description_str(where(self.state), refresh=False)
+        self.run_bar.set_postfix_str(self._bar_postfix(speed=False), refresh=False)
+        self.run_bar.refresh()
+
+    def _bar_title(self):
+        s = self.state
+        task = f"task {s['task']}/{s['tasks']} {s['task_name']}: " if s["task"] else ""
+        return f"{task}{s['stage']}"
+
+    def _bar_postfix(self, speed=True):
+        s = self.state
+        speed = f"{s['tokens_per_s']:.0f} tok/s, " if speed and s["tokens_per_s"] else ""
+        return f"{speed}run {duration(s['elapsed_s'])}, ETA {duration(s['eta_s'])}"
+
+    def _line(self, text, console=True):
+        if not self.enabled or self.log_file is None:
+            return
+        line = f"{datetime.now():%Y-%m-%d %H:%M:%S} {text}"
+        self.log_file.write(line + "\n")
+        if console and self.console == "lines":
+            print(line, file=sys.stderr, flush=True)
+        elif console and self.console == "bar":
+            from tqdm import tqdm
+
+            tqdm.write(line, file=sys.stderr)
+
+    def _save(self):
+        if not self.enabled:
+            return
+        self.state["updated"] = _now()
+        write_text(self.out / "progress.json", json.dumps(self.state, indent=1) + "\n")
+        self.last_state = time.time()
+
+
+def _terminal_bar(total, title):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=title, unit="step", leave=False, dynamic_ncols=True, file=sys.stderr,
+                disable=False)
+
+
+def _notebook_bar():
+    """The run's bar (percent done) in a notebook's output: tqdm's widget, or a text line without
+    ipywidgets."""
+    try:
+        import ipywidgets  # noqa: F401  (tqdm.notebook's bar is one)
+        from tqdm.notebook import tqdm
+    except ImportError:
+        return _TextBar()
+    return tqdm(total=100, disable=False, bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}")
+
+
+class _TextBar:
+    """A line in a notebook's output, updated in place (IPython display), where tqdm's widget bar
+    is not available. Takes the calls RunProgress makes on a tqdm bar."""
+
+    def __init__(self):
+        from IPython.display import Pretty, display
+
+        self.pretty = Pretty
+        self.n, self.desc, self.postfix = 0, "", ""
+        self.handle = display(Pretty(self._text()), display_id=True)
+
+    def _text(self):
+        filled = self.n // 5
+        return f"{self.desc} {self.n:3d}% [{'#' * filled}{'.' * (20 - filled)}] {self.postfix}"
+
+    def set_description_str(self, text, refresh=True):
+        self.desc = text
+
+    def set_postfix_str(self, text, refresh=True):
+        self.postfix = text
+
+    def refresh(self):
+        self.handle.update(self.pretty(self._text()))
+
+    def close(self):
+        self.refresh()
+
+
+def console_for(progress):
+    """Where `lifealign run` shows progress: tqdm bars on a terminal when the config's `progress` is
+    on, else plain lines on stderr."""
+    return "bar" if progress and sys.stderr.isatty() else "lines"
+
+
+def task_stages(cfg, strategy):
+    """The stages of one task, in order: ["sft", "slmc", "pref", "slmc", "evaluation", "generation"]."""
+    after = after_stage_label(strategy)
+    training = ("sft", "pref") if cfg.method.sft else ("pref",)
+    stages = [name for stage in training for name in (stage, after) if name]
+    return stages + ["evaluation"] + (["generation"] if cfg.eval.generation else [])
+
+
+def after_stage_label(strategy):
+    """The stage after training that the strategy's plugins run (e.g. "slmc"), or None."""
+    from .strategies.base import Plugin
+
+    names = [p.name for p in strategy.plugins if type(p).on_stage_end is not Plugin.on_stage_end]
+    return "+".join(names) or None
+
+
+def read_state(run_dir):
+    """A run folder's progress.json, or None."""
+    path = Path(run_dir) / "progress.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_live(state):
+    """Whether a progress state belongs to a run that is still going: marked running and, on this
+    machine, its process alive (a killed run leaves `running` behind)."""
+    if not state or state.get("state") != "running":
+        return False
+    if state.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(state["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, TypeError, ValueError):
+        return True
+    return True
+
+
+def _now():
+    return datetime.now().astimezone().isoformat(timespec="seconds")
