@@ -41,6 +41,13 @@ def test_benchmarks_smoke(fake_release, tmp_path):
     assert set(doc["generation"]) == {"1", "8", "16"}
     assert all(v["generated_tokens"] > 0 and v["tokens_per_s"] > 0 for v in doc["generation"].values())
 
+    doc = run("generation_speed.py", tmp_path, env)
+    gen = doc["generation"]
+    assert isinstance(gen["identical"], bool) and gen["new"]["calls"] == 1  # batches differ: ids may too
+    assert gen["old"]["generated_tokens"] > 0 and gen["new"]["generated_tokens"] > 0 and gen["speedup_cpu"] > 0
+    assert doc["forward"]["fp32-weights"]["tokens_per_s"] > 0 and doc["forward"]["bf16-weights"]["tokens_per_s"] > 0
+    assert doc["base_row"]["computed_s"] > doc["base_row"]["cached_s"] > 0
+
     doc = run("machinery_cost.py", tmp_path, env, "--tasks", "2", "--launch", str(ROOT / "configs" / "tiny.yaml"),
               "--set", f"out={tmp_path / 'run'}", "--set", f"cache_dir={tmp_path / 'cache'}",
               "--set", "data.order=[hh-rlhf-helpful-base]", "--set", "data.n_train=4", "--set", "data.n_test=4")

@@ -79,3 +79,25 @@ def test_judge_without_endpoint_is_a_config_error(gen_run, monkeypatch, capsys):
     monkeypatch.delenv("LIFEALIGN_JUDGE_MODEL", raising=False)
     assert main(["eval", str(tmp / "out"), "--set", "eval.judge=true"]) == 2
     assert "no judge is configured" in capsys.readouterr().err
+
+
+def test_base_row_is_cached_across_runs(gen_run, fake_release):
+    """A second run of another method with the same model, data, tokenisation and decoding reads the
+    base model's row (scores and generations) from the cache instead of generating again."""
+    results, tmp = gen_run
+    assert results["timings"]["base_row_cache"] == "miss"
+    assert len(list((tmp / "cache" / "base-eval").glob("*.json"))) == 1
+    again = run_cli(fake_release, tmp / "out2", tmp / "cache",
+                    ["method.name=seqft", "method.sft=false", *GEN])
+    assert again["timings"]["base_row_cache"] == "hit"
+    no_judge = lambda row: {task: {k: v for k, v in scores.items() if not k.startswith("judge")}  # noqa: E731
+                            for task, scores in row.items()}  # the judge test above adds its scores to out/
+    base_eval = [json.loads((tmp / out / "base_eval.json").read_text()) for out in ("out", "out2")]
+    assert no_judge(base_eval[0]) == base_eval[1]
+    assert (tmp / "out2" / "base_generations.json").read_text() == (tmp / "out" / "base_generations.json").read_text()
+    for metric in ("reward_accuracy", "bleu4", "rougel"):
+        assert again["metrics"][metric]["base"] == results["metrics"][metric]["base"]
+    # other decoding settings are another row
+    third = run_cli(fake_release, tmp / "out3", tmp / "cache",
+                    ["method.name=seqft", "method.sft=false", *GEN, "eval.max_new_tokens=5"])
+    assert third["timings"]["base_row_cache"] == "miss"

@@ -445,3 +445,44 @@ def test_smollm2_prepare_and_cached_reload(tmp_path):
     gguf = find_smollm2_gguf()
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     assert torch.allclose(_logits(gguf_model, ids), logits_1, atol=1e-4, rtol=0)
+
+
+def test_frozen_base_in_bf16_is_bit_identical_under_autocast():
+    """Under bf16 autocast a Linear casts its fp32 weight to bf16 on every call; storing the frozen
+    weights in bf16 gives the same logits, LoRA gradients and greedy tokens, bit for bit."""
+    import copy
+
+    from lifealign.generation import generate_token_ids
+    from lifealign.models import freeze_base_in_bf16
+
+    model, tokenizer = build_tiny_model()
+    torch.manual_seed(0)
+    model = add_lora(model, targets=["q_proj", "v_proj"])
+    with torch.no_grad():  # a non-zero adapter, so that its path counts too
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    frozen = copy.deepcopy(model)
+    assert freeze_base_in_bf16(frozen) == 2 * 7 + 1  # 7 Linears per layer, and the head
+    lm = frozen.get_base_model()
+    assert lm.lm_head.weight.dtype == torch.bfloat16 and not lm.lm_head.weight.requires_grad
+    assert lm.get_input_embeddings().weight.dtype == torch.float32  # the embedding stays fp32
+    assert lm.lm_head.weight is not lm.get_input_embeddings().weight
+    lora = {n: p for n, p in frozen.named_parameters() if "lora_" in n}
+    assert lora and all(p.dtype == torch.float32 and p.requires_grad for p in lora.values())
+
+    ids = torch.randint(4, 200, (3, 17))
+    outputs = []
+    for m in (model, frozen):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = m(input_ids=ids).logits
+        logits.float().square().mean().backward()
+        grads = {n: p.grad.clone() for n, p in m.named_parameters() if "lora_" in n}
+        outputs.append((logits, grads))
+    assert torch.equal(outputs[0][0], outputs[1][0])
+    assert all(torch.equal(outputs[0][1][n], outputs[1][1][n]) for n in outputs[0][1])
+
+    prompts = ["hi", "What is the capital of France?", "x" * 30]
+    same = [generate_token_ids(m, tokenizer, prompts, max_new_tokens=8, batch_size=2, precision="bf16")
+            for m in (model, frozen)]
+    assert same[0] == same[1]

