@@ -141,13 +141,30 @@ def machine_info():
     }
 
 
-def write_result(name, args, payload):
-    """Write {"name", "args", "machine", **payload} to <out>/<name>.json and return the path."""
+def markdown_table(rows, columns):
+    """Rows (dicts) as a GitHub-flavoured markdown table; floats with two decimals."""
+    fmt = lambda v: f"{v:,.2f}" if isinstance(v, float) else ("-" if v is None else str(v))  # noqa: E731
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_result(name, args, payload, markdown=None):
+    """Write {"name", "args", "machine", **payload} to <out>/<name>.json and return the path; with
+    `markdown`, also <out>/<name>.md (what the book's performance chapter shows), ending with where
+    and when it was measured."""
     out = Path(args.out) if args.out else RESULTS
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
     doc = {"name": name, "args": vars(args), "machine": machine_info(), **payload}
     path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    if markdown is not None:
+        m = doc["machine"]
+        where = (f"\nMeasured {m['time'][:10]} on {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch "
+                 f"threads, bf16 instructions: {', '.join(m['cpu_bf16']) or 'none'}.\n")
+        smoke = ("\n*Measured with `--smoke` (the tiny random model): these numbers only show that the script "
+                 "runs.*\n" if getattr(args, "smoke", False) else "")
+        (out / f"{name}.md").write_text(markdown.rstrip() + "\n" + where + smoke)
     print(f"wrote {path}  (peak RSS {doc['machine']['peak_rss_mb']:.0f} MB)")
     return path
 

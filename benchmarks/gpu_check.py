@@ -88,9 +88,12 @@ def main(argv=None):
                               for t in res["training"]]}
 
     ok = all(s["rc"] == 0 for s in steps.values())
+    rows = [{"step": k, "exit": s["rc"], "seconds": s["seconds"]} for k, s in steps.items()]
+    markdown = (f"The GPU check on {common.device()}: {'passed' if ok else 'failed'}.\n\n"
+                + common.markdown_table(rows, ["step", "exit", "seconds"]))
     common.write_result("gpu_check", args, {"device": common.device(), "ok": ok,
                                             "seconds": round(sum(s["seconds"] for s in steps.values()), 1),
-                                            "steps": steps})
+                                            "steps": steps}, markdown)
     return 0 if ok else 1
 
 

@@ -79,9 +79,14 @@ def main(argv=None):
            for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:25]]
     common.table([{"group": g, "share_pct": s} for g, s in shares.items()], ["group", "share_pct"])
     common.table(top[:15], ["op", "group", "self_ms", "share_pct", "calls"])
+    markdown = (f"One preference stage of {args.model} ({args.pairs} pairs of {source}, batch {args.batch}, "
+                f"{precision}) under torch.profiler: {trainer.state.global_step} steps, "
+                f"{trainer.tokens_seen / t.s:,.0f} tokens/s while profiled. Self CPU time by kind of op:\n\n"
+                + common.markdown_table([{"ops": g, "share %": v} for g, v in shares.items()], ["ops", "share %"])
+                + "\nThe largest ops:\n\n" + common.markdown_table(top[:10], ["op", "group", "share_pct", "calls"]))
     common.write_result("stage_profile", args, {
         "precision": precision, "pairs_from": source, "steps": trainer.state.global_step, "seconds": t.s,
-        "tokens_per_s": trainer.tokens_seen / t.s, "group_share_pct": shares, "top_ops": top})
+        "tokens_per_s": trainer.tokens_seen / t.s, "group_share_pct": shares, "top_ops": top}, markdown)
 
 
 if __name__ == "__main__":

@@ -113,11 +113,26 @@ def main(argv=None):
     common.table([{"run": k, **{c: v for c, v in r[0].items() if c != "precision"}} for k, r in runs.items()],
                  ["run", "wall_s", "reference_s", "train_s", "eval_s", "base_eval_s", "compared_s", "grid_wall_s"])
     print("ratios before/after: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+    differences = max_difference(runs["before"][1], runs["after"][1])
+    minutes = lambda s: None if s is None else s / 60  # noqa: E731
+    rows = [{"code": f"{k} ({args.before if k == 'before' else 'now'})", "precision": r["precision"],
+             "wall min": minutes(r["wall_s"]), "reference min": minutes(r["reference_s"]),
+             "base row min": minutes(r["base_eval_s"]), "training min": minutes(r["train_s"]),
+             "evaluation min": minutes(r["eval_s"]), "compared min": minutes(r["compared_s"]),
+             "in a grid min": minutes(r["grid_wall_s"])} for k, (r, _) in runs.items()]
+    markdown = (f"`{args.config}` ({' '.join(args.overrides) or 'as committed'}), run back to back by the code of "
+                f"`{args.before}` and by this checkout's. *Compared* leaves out the reference pass every run "
+                "of a profile shares; *in a grid* also leaves out the base model's row, which the current code "
+                "caches for every later run of a profile (the old code has no such cache).\n\n"
+                + common.markdown_table(rows, list(rows[0]))
+                + "\nBefore / after: " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} **{v:.2f}x**"
+                                                   for k, v in ratios.items())
+                + " (goal for a run in a grid: 2x).\n\nLargest difference between the two runs' matrices: "
+                + ", ".join(f"{k} {v:.3g}" for k, v in sorted(differences.items())) + ".\n")
     common.write_result("whole_run", args, {
         "config": args.config, "before_commit": args.before,
         "runs": {k: r[0] for k, r in runs.items()}, "ratios": ratios,
-        "matrix_max_abs_difference": max_difference(runs["before"][1], runs["after"][1]),
-        "goal": {"grid_wall_s_ratio": 2.0}})
+        "matrix_max_abs_difference": differences, "goal": {"grid_wall_s_ratio": 2.0}}, markdown)
 
 
 if __name__ == "__main__":

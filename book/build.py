@@ -58,6 +58,13 @@ BENCH_COMMANDS = {
     "machinery_cost": ".venv/bin/python benchmarks/machinery_cost.py --run runs/lifealign-cpu",
     "parallel_workers": ".venv/bin/python benchmarks/parallel_workers.py",
 }
+# Benchmarks that write their own markdown beside their JSON (benchmarks/results/<name>.md).
+BENCH_PAGES = {
+    "whole_run": ".venv/bin/python benchmarks/whole_run.py",
+    "generation_speed": ".venv/bin/python benchmarks/generation_speed.py",
+    "stage_profile": ".venv/bin/python benchmarks/stage_profile.py",
+    "gpu_check": "bash benchmarks/gpu_check.sh (on a GPU machine)",
+}
 # The paper's setting (its experimental setup and evaluation), for the "what differs" table.
 PAPER_SETUP = {
     "backbone": "Qwen2.5-7B-Instruct (also Mistral-7B, Llama-3-8B)",
@@ -893,6 +900,11 @@ def write_performance():
     else:
         text = missing("parallel_workers")
     write("perf_parallel.md", text)
+
+    for name, command in BENCH_PAGES.items():
+        page = ROOT / "benchmarks" / "results" / f"{name}.md"
+        write(f"perf_{name}.md", page.read_text() if page.exists() else
+              f"`benchmarks/results/{name}.md` is not there yet: run `{command}`, then `make book`.\n")
 
 
 # ---------------------------------------------------------------- calibration (benchmarks/calibration.py)
