@@ -30,6 +30,7 @@ from .config import ConfigError, config_from_dict, parse_override, set_path
 from .consolidation import lora_parameters
 from .evaluation import METRICS, evaluate_base, evaluate_policy
 from .generation import decoding_description, generate_responses, generation_scores
+from .integrations import trl_engine
 from .judge import Judge, JudgeConfig
 from .io import read_json, replace_dir, torch_save, write_json
 from .losses import PREFERENCE_LOSSES
@@ -83,6 +84,8 @@ class ContinualLoop:
         self.precision = pick_precision(self.device) if cfg.model.precision == "auto" else cfg.model.precision
         self.strategy = build_strategy(cfg)
         self.loss_fn = PREFERENCE_LOSSES[self.strategy.loss]
+        if cfg.engine == "trl":
+            trl_engine.check_strategy(self.strategy)
         self.task_index = None
         self.task = None
         self.stage = None
@@ -304,11 +307,14 @@ class ContinualLoop:
                                               **({"gamma": cfg.method.gamma} if self.strategy.loss == "fpo" else {}))
             collate = lambda ex: collate_pairs(ex, self.pad_id, self.strategy.share_prompt)  # noqa: E731
         self.stage_records, self.stage_loss, self.collate = records, stage_loss, collate
-        trainer = StageTrainer(
-            model=self.model, args=args, train_dataset=ListDataset(records), data_collator=collate,
-            optimizers=(self._optimizer(stage, stage_cfg), None), stage_loss=stage_loss,
-            hooks=_StageHooks(self, stage), lengths=example_lengths(records, stage) if cfg.group_by_length else None,
-        )
+        if stage == "pref" and cfg.engine == "trl":  # TRL's DPOTrainer as the preference stage
+            trainer = trl_engine.preference_trainer(self, records, stage_cfg, seed)
+        else:
+            trainer = StageTrainer(
+                model=self.model, args=args, train_dataset=ListDataset(records), data_collator=collate,
+                optimizers=(self._optimizer(stage, stage_cfg), None), stage_loss=stage_loss,
+                hooks=_StageHooks(self, stage), lengths=example_lengths(records, stage) if cfg.group_by_length else None,
+            )
         t0 = time.perf_counter()
         trainer.train()
         train_s = time.perf_counter() - t0
