@@ -42,8 +42,9 @@ def preference_trainer(loop, records, stage_cfg, seed):
             losses, parts = super().pair_losses(model, inputs)
             if model.training:
                 self.tokens_seen += int(inputs["attention_mask"].sum())
-                self.stage_stats.append({"loss": float(losses.detach().mean()), "margin": float(parts["margin"].detach().mean()),
-                                         "reward_accuracy": float((parts["margin"].detach() > 0).float().mean())})
+                margin = parts["margin"].detach()
+                self.stage_stats.append({"loss": float(losses.detach().mean()), "margin": float(margin.mean()),
+                                         "reward_accuracy": float((margin > 0).float().mean())})
             return losses, parts
 
     cfg = loop.cfg
