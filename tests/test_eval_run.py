@@ -79,3 +79,21 @@ def test_judge_without_endpoint_is_a_config_error(gen_run, monkeypatch, capsys):
     monkeypatch.delenv("LIFEALIGN_JUDGE_MODEL", raising=False)
     assert main(["eval", str(tmp / "out"), "--set", "eval.judge=true"]) == 2
     assert "no judge is configured" in capsys.readouterr().err
+
+
+def test_unreachable_judge_stops_before_any_work(gen_run, monkeypatch, capsys):
+    """`lifealign eval` with the judge on and no server: one line naming the fix, nothing rewritten."""
+    import socket
+    _, tmp = gen_run
+    out = tmp / "out"
+    before = {p: p.read_bytes() for p in out.rglob("*.json")}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["eval", str(out), "--set", "eval.judge=true", "--set", f"eval.judge_base_url=http://127.0.0.1:{port}/v1",
+            "--set", "eval.judge_model=m", "--set", f"cache_dir={tmp / 'cache'}"]
+    monkeypatch.setattr("lifealign.judge.time.sleep", lambda s: None)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "does not answer" in err and "start the server" in err
+    assert {p: p.read_bytes() for p in out.rglob("*.json")} == before

@@ -216,6 +216,9 @@ class ContinualLoop:
         cfg, ev = self.cfg, self.cfg.eval
         progress = cfg.progress and self.is_main
         evals, generations = {}, dict(generations or {})
+        if ev.generation and ev.judge and not getattr(self, "judge_checked", False):
+            self._judge_client().preflight()  # a wrong key or an absent server stops before generating
+            self.judge_checked = True
         for name, task in self.tasks.items():
             if base:
                 evals[name] = evaluate_base(task.test, cfg.method.beta)
@@ -246,14 +249,17 @@ class ContinualLoop:
         ev = self.cfg.eval
         return decoding_description(ev.sampling, ev.temperature, ev.top_p, ev.max_new_tokens)
 
-    def _judge(self, evals, generations):
+    def _judge_client(self):
         ev = self.cfg.eval
         config = JudgeConfig.from_env(ev.judge_base_url, ev.judge_model, api_key_env=ev.judge_api_key_env)
         if config is None:
             raise ConfigError("eval.judge is on but no judge is configured: set eval.judge_base_url and "
                               "eval.judge_model (or LIFEALIGN_JUDGE_BASE_URL / LIFEALIGN_JUDGE_MODEL)")
         cache_dir = Path(self.cfg.cache_dir) if self.cfg.cache_dir else cache_root()
-        judge = Judge(config, cache_dir / "judge.sqlite")
+        return Judge(config, cache_dir / "judge.sqlite")
+
+    def _judge(self, evals, generations):
+        judge = self._judge_client()
         for name, task in self.tasks.items():
             responses = generations[name]["responses"]
             items = [{"prompt": r["prompt"], "response": resp, "reference": clean_response(r["chosen"]),
