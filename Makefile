@@ -9,7 +9,7 @@ PROFILE ?=
 # dvc runs the stages' `python` from the venv; no usage analytics (no network here).
 DVC    := PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc
 
-.PHONY: install judge-server test test-fast goldens data reproduce book model clean
+.PHONY: install judge-server test test-fast goldens data reproduce book model push-runs pull-runs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,15 @@ reproduce: $(VENV)/.installed data
 # The book of the active profile's committed results (PROFILE=smoke: another profile's); no network.
 book: $(VENV)/.installed
 	$(BIN)/python book/build.py $(if $(PROFILE),--profile $(PROFILE))
+
+# The run folders (adapters) through a DVC remote: RUNS_REMOTE=DIR (or s3://, gs://, ssh://) once;
+# it is kept in .dvc/config.local. RUN_STAGES: what to push or pull (dvc.lock's runs of the profile).
+RUN_STAGES ?= matrix ablation orders sensitivity
+push-runs: $(VENV)/.installed
+	$(BIN)/python -m lifealign.sharing push $(RUN_STAGES) $(if $(RUNS_REMOTE),--remote $(RUNS_REMOTE))
+
+pull-runs: $(VENV)/.installed
+	$(BIN)/python -m lifealign.sharing pull $(RUN_STAGES) $(if $(RUNS_REMOTE),--remote $(RUNS_REMOTE))
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache book/_build book/_generated book/notebooks
