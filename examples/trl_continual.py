@@ -63,7 +63,7 @@ def main(argv=None):
             per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
             max_length=args.max_length, beta=args.beta, lr_scheduler_type="cosine", warmup_steps=0.1,
             seed=i, save_strategy="no", report_to="none", logging_strategy="no", disable_tqdm=True,
-            prediction_loss_only=True, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported())
+            use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported())
         trainer = FPOTrainer(model=model, args=config, gamma=args.gamma, processing_class=tokenizer,
                              train_dataset=replay.next_training_set(train), callbacks=[slmc])
         trainer.remove_callback(PrinterCallback)

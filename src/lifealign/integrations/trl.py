@@ -116,6 +116,11 @@ class FPOTrainer(DPOTrainer):
                         "chosen_rewards": self.beta * (chosen - ref_chosen),
                         "rejected_rewards": self.beta * (rejected - ref_rejected)}
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # FPO's outputs hold no logits to hand to compute_metrics: evaluation reports the loss
+        # and the reward metrics logged by _compute_loss.
+        return super().prediction_step(model, inputs, True, ignore_keys)
+
     def _compute_loss(self, model, inputs, return_outputs):
         losses, parts = self.pair_losses(model, inputs)
         mode = "train" if self.model.training else "eval"
