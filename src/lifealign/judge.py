@@ -464,7 +464,7 @@ class Judge:
         # Retries are ours (backoff, Retry-After cap, counted), so the client makes one attempt.
         # A local server (vLLM, Ollama) must not be reached through an HTTP proxy from the
         # environment; a remote API keeps the usual proxy handling. The client holds no key: it
-        # is read from the environment for each request (see _request_once).
+        # is read from the environment for each request (see _auth_header).
         self._client = openai.OpenAI(
             base_url=config.base_url, api_key="(set per request)", max_retries=0, timeout=config.timeout,
             http_client=openai.DefaultHttpxClient(trust_env=not _is_loopback(config.base_url),
