@@ -20,11 +20,12 @@ import torch  # noqa: E402
 from transformers import PrinterCallback  # noqa: E402
 from trl import DPOConfig  # noqa: E402
 
+from lifealign.data import TASKS  # noqa: E402
 from lifealign.integrations.hf_datasets import load_task_datasets  # noqa: E402
 from lifealign.integrations.trl import FPOTrainer, ReplayBuffer, SLMCCallback  # noqa: E402
 from lifealign.models import add_lora, load_model  # noqa: E402
 
-TASKS = ["hh-rlhf-harmless-base", "hh-rlhf-helpful-base", "safe-rlhf"]
+ORDER = ["hh-rlhf-harmless-base", "hh-rlhf-helpful-base", "safe-rlhf"]
 
 
 def main(argv=None):
@@ -33,10 +34,11 @@ def main(argv=None):
                    "a local directory or a Hub id")
     p.add_argument("--data-dir", default=None, help="the release folder (default: $LIFEALIGN_DATA_DIR or "
                    "../shared/data/lifealign-release)")
-    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--tasks", default=",".join(ORDER))
     p.add_argument("--n-train", type=int, default=32)
     p.add_argument("--n-test", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--max-length", type=int, default=256, help="prompt + response tokens")
+    p.add_argument("--max-prompt-length", type=int, default=128, help="prompts keep their last tokens")
     p.add_argument("--gamma", type=float, default=2.0, help="FPO's focal exponent (0: DPO)")
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=2e-4)
@@ -50,8 +52,13 @@ def main(argv=None):
     model, tokenizer = load_model(args.model, device="cuda" if cuda else "cpu")
     model = add_lora(model, r=8, alpha=16, targets=["q_proj", "v_proj"])  # one adapter, trained task after task
 
-    tasks = args.tasks.split(",")
-    data = {t: load_task_datasets(t, args.data_dir, args.n_train, args.n_test) for t in tasks}
+    by_short = {task.short: name for name, task in TASKS.items()}
+    tasks = [by_short.get(t, t) for t in args.tasks.split(",")]
+    # Our tokenisation: long multi-turn prompts keep their end (the request) and every pair fits
+    # max_length; without a tokenizer the rows are TRL's conversational format instead.
+    data = {t: load_task_datasets(t, args.data_dir, args.n_train, args.n_test, tokenizer=tokenizer,
+                                  max_length=args.max_length, max_prompt_length=args.max_prompt_length)
+            for t in tasks}
     slmc = SLMCCallback(threshold=0.9, lam=0.5)
     replay = ReplayBuffer(fraction=0.2)
     out = Path(args.out)
@@ -73,7 +80,7 @@ def main(argv=None):
         result["tasks"].append({"task": task, "train_rows": len(trainer.train_dataset), "data": report["notes"]})
         result["accuracy"].append(row)
         result["slmc"].append({k: v for k, v in slmc.reports[-1].items() if k != "per_matrix"})
-        print(f"after {task}: reward accuracy " + "  ".join(f"{t.split('-')[-1]} {a:.2f}" for t, a in zip(tasks, row)))
+        print(f"after {task}: reward accuracy " + "  ".join(f"{TASKS[t].short} {a:.2f}" for t, a in zip(tasks, row)))
     (out / "result.json").write_text(json.dumps(result, indent=1))
     return result
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from .. import data as data_mod
-from ..training import clean_response
+from ..training import clean_response, encode_records
 
 
 def conversational_rows(records):
@@ -51,13 +51,23 @@ def records_dataset(records, tokenized=False):
 
 
 def load_task_datasets(name, data_dir: Path | None = None, n_train=None, n_test=None, seed=0,
-                       on_invalid="filter"):
-    """(train Dataset, test Dataset, report) of one task of the release, in TRL's conversational
-    format. The report is `load_task`'s: what was filtered, how the split was made, what was used."""
+                       on_invalid="filter", tokenizer=None, max_length=256, max_prompt_length=128):
+    """(train Dataset, test Dataset, report) of one task of the release. The report is
+    `load_task`'s: what was filtered, how the split was made, what was used.
+
+    Without a tokenizer: TRL's conversational format (any DPOTrainer takes it; TRL truncates whole
+    sequences to its max_length, from the end of the response by default). With one: our
+    tokenisation (`tokenized` rows for `FPOTrainer`): prompts keep their last max_prompt_length
+    tokens, where a multi-turn transcript holds its request, and every pair fits max_length.
+    """
     if data_dir is None:
         data_dir = data_mod.default_data_dir()
         if data_dir is None:
             raise data_mod.DataError(f"no data directory: set ${data_mod.DATA_DIR_ENV} to the release folder, "
                                      "or run `make data`")
     task = data_mod.load_task(name, data_dir, n_train, n_test, seed, on_invalid)
-    return records_dataset(task.train), records_dataset(task.test), task.report
+    if tokenizer is not None:
+        for records in (task.train, task.test):
+            encode_records(tokenizer, records, max_length, max_prompt_length)
+    tokenized = tokenizer is not None
+    return records_dataset(task.train, tokenized), records_dataset(task.test, tokenized), task.report
