@@ -523,8 +523,10 @@ class Judge:
             return self._fail(fault.reason, fault.detail)
         score = parse_score(reply)
         if score is None:
-            # Not retried: at temperature 0 the same request gives the same reply. Not cached
-            # either, so a rerun (perhaps with a better parser or judge) tries again.
+            # Not retried: a judge that ignored the format seldom follows it on a second try of
+            # the same request (servers with prompt caches, llama.cpp's among them, may answer a
+            # temperature-0 repeat differently, but not more often in format). Not cached either,
+            # so a rerun (perhaps with a better parser or judge) tries again.
             return self._fail("no_score", reply[-200:])
         self._store(key, name, score, reply)
         self.stats.scored += 1
