@@ -84,22 +84,23 @@ class FPOTrainer(DPOTrainer):
         return contextlib.nullcontext()
 
     @staticmethod
-    def _summed_logps(model, inputs, **extra):
+    def _summed_logps(model, inputs):
+        """Summed completion log-probabilities per sequence, from TRL's fused LM head."""
         completion_mask = inputs["completion_mask"]
         model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-        outputs = model(**model_kwargs, use_cache=False, labels=labels, fused_lm_head=True, **extra)
+        outputs = model(**model_kwargs, use_cache=False, labels=labels, fused_lm_head=True)
         # log_probs[:, t] scores token t + 1; positions without a label hold 0
-        return outputs.log_probs[:, -(completion_mask.shape[1] - 1):].sum(dim=1), outputs
+        return outputs.log_probs[:, -(completion_mask.shape[1] - 1):].sum(dim=1)
 
     def compute_ref_log_probs(self, model, inputs):
         with torch.no_grad(), self._reference_context(), self.accelerator.autocast():
-            logps, _ = self._summed_logps(self.ref_model or model, inputs)
+            logps = self._summed_logps(self.ref_model or model, inputs)
         return logps.chunk(2, dim=0)
 
     def pair_logps(self, model, inputs):
         """(chosen, rejected, ref_chosen, ref_rejected) summed response log-probabilities, (B,) each."""
-        logps, _ = self._summed_logps(model, inputs)
+        logps = self._summed_logps(model, inputs)
         chosen, rejected = logps.chunk(2, dim=0)  # TRL's batch is [chosen; rejected]
         if "ref_chosen_logps" in inputs:
             ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
