@@ -9,7 +9,7 @@ PROFILE ?=
 # dvc runs the stages' `python` from the venv; no usage analytics (no network here).
 DVC    := PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc
 
-.PHONY: install test test-fast goldens data reproduce book model clean
+.PHONY: install judge-server test test-fast goldens data reproduce book model push-runs pull-runs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,16 @@ install: $(BIN)/python
 $(VENV)/.installed: pyproject.toml
 	$(MAKE) install
 
-test: $(VENV)/.installed
+# llama-cpp-python's OpenAI-compatible server, for the real-server judge test (tests/test_judge_server.py)
+# and a local judge. PyPI ships it as source: this compiles llama.cpp once (minutes; pip caches the
+# wheel). CMAKE_BUILD_PARALLEL_LEVEL=N uses N cores.
+judge-server: $(VENV)/.installed
+	@$(BIN)/python -c "import llama_cpp.server" 2>/dev/null || \
+	  CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
+	  CMAKE_ARGS="$${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF}" \
+	  $(BIN)/python -m pip install -q -e ".[judge-server]"
+
+test: $(VENV)/.installed judge-server
 	$(BIN)/python -m pytest -q tests
 
 test-fast: $(VENV)/.installed
@@ -54,6 +63,15 @@ reproduce: $(VENV)/.installed data
 # The book of the active profile's committed results (PROFILE=smoke: another profile's); no network.
 book: $(VENV)/.installed
 	$(BIN)/python book/build.py $(if $(PROFILE),--profile $(PROFILE))
+
+# The run folders (adapters) through a DVC remote: RUNS_REMOTE=DIR (or s3://, gs://, ssh://) once;
+# it is kept in .dvc/config.local. RUN_STAGES: what to push or pull (dvc.lock's runs of the profile).
+RUN_STAGES ?= matrix ablation orders sensitivity
+push-runs: $(VENV)/.installed
+	$(BIN)/python -m lifealign.sharing push $(RUN_STAGES) $(if $(RUNS_REMOTE),--remote $(RUNS_REMOTE))
+
+pull-runs: $(VENV)/.installed
+	$(BIN)/python -m lifealign.sharing pull $(RUN_STAGES) $(if $(RUNS_REMOTE),--remote $(RUNS_REMOTE))
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache book/_build book/_generated book/notebooks

@@ -12,6 +12,9 @@ Same model, pairs, batch size, max_length, LoRA (q_proj, v_proj, r 8, alpha 16, 
   trl-default  DPOTrainer, fp32 (bf16=False), reference forward at every step; other settings are
                TRL's defaults (gradient checkpointing on)
   trl-best     DPOTrainer, bf16=True, precompute_ref_log_probs=True (its best CPU configuration)
+  trl-engine   `engine: trl` of the run config: our tokenisation and reference pass as in `ours`, then
+               TRL's DPOTrainer (lifealign.integrations.trl.FPOTrainer, gamma 0 = DPO) trains on those
+               tokens (two rows per pair, TRL's collator), at our precision, no gradient checkpointing
 
 Each configuration's time runs from the raw pairs to the trained adapter: tokenisation, the
 reference pass and training (for TRL: building DPOTrainer, which tokenises and precomputes, then
@@ -42,7 +45,7 @@ from lifealign.reference import ReferenceCache  # noqa: E402
 from lifealign.training import (ListDataset, StageTrainer, clean_response, collate_pairs, encode_records,  # noqa: E402
                                 example_lengths, make_preference_loss, training_arguments)
 
-CONFIGS = ("ours", "ours-two-rows", "trl-default", "trl-best")
+CONFIGS = ("ours", "ours-two-rows", "trl-default", "trl-best", "trl-engine")
 LORA = dict(r=8, alpha=16, dropout=0.0, targets=["q_proj", "v_proj"])
 GOALS = {"vs_trl_default": 3.0, "vs_trl_best": 1.5}  # ours / TRL, tokens per second
 
@@ -85,6 +88,44 @@ def run_ours(args, pairs, dev, share_prompt=True):
             else "two-rows", "tokens": common.pair_tokens(records), "processed_tokens": trainer.tokens_seen,
             "steps": trainer.state.global_step, "prepare_s": t_tok.s, "reference_s": t_ref.s,
             "train_s": t_train.s, "seconds": t_tok.s + t_ref.s + t_train.s, "params": common.n_params(model)}
+
+
+def run_trl_engine(args, pairs, dev):
+    from transformers import PrinterCallback
+    from trl import DPOConfig
+
+    from lifealign.integrations.hf_datasets import records_dataset
+    from lifealign.integrations.trl import FPOTrainer
+
+    precision = pick_precision(dev)
+    model, tok = common.load(args, dev)
+    torch.manual_seed(0)
+    model = add_lora(model, **LORA)
+    records = [dict(r) for r in pairs]
+    with tempfile.TemporaryDirectory() as tmp:
+        with common.Timer() as t_tok:
+            encode_records(tok, records, args.max_length, args.max_prompt_length)
+        with common.Timer() as t_ref:
+            ReferenceCache(Path(tmp) / "reference.pt").fill(model, records, tok.pad_token_id, args.eval_batch,
+                                                            precision, write=False)
+        with common.Timer() as t_train:
+            config = DPOConfig(
+                output_dir=tmp, num_train_epochs=1, per_device_train_batch_size=args.batch, learning_rate=args.lr,
+                lr_scheduler_type="cosine", warmup_steps=0.1, max_grad_norm=1.0, weight_decay=0.0, beta=args.beta,
+                max_length=args.max_length, bf16=precision == "bf16", gradient_checkpointing=False,
+                use_cpu=dev == "cpu", seed=0, data_seed=0, dataloader_num_workers=0, eval_strategy="no",
+                save_strategy="no", report_to="none", logging_strategy="no", disable_tqdm=True)
+            params = [p for p in model.parameters() if p.requires_grad]
+            trainer = FPOTrainer(model=model, args=config, gamma=0.0, processing_class=tok,
+                                 train_dataset=records_dataset(records, tokenized=True),
+                                 optimizers=(torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0), None))
+            trainer.remove_callback(PrinterCallback)
+            model.train()
+            trainer.train()
+    return {"precision": precision, "reference": "once, before training", "layout": "two-rows (TRL)",
+            "tokens": common.pair_tokens(records), "steps": trainer.state.global_step, "prepare_s": t_tok.s,
+            "reference_s": t_ref.s, "train_s": t_train.s, "seconds": t_tok.s + t_ref.s + t_train.s,
+            "params": common.n_params(model)}
 
 
 def run_trl(args, pairs, dev, best):
@@ -155,6 +196,8 @@ def main(argv=None):
         print(f"running {name} ...", flush=True)
         if name.startswith("ours"):
             r = run_ours(args, pairs, dev, share_prompt=name == "ours")
+        elif name == "trl-engine":
+            r = run_trl_engine(args, pairs, dev)
         else:
             r = run_trl(args, pairs, dev, best=name == "trl-best")
         r["tokens_per_s"] = r["tokens"] / r["seconds"]

@@ -26,12 +26,13 @@ def test_benchmarks_smoke(fake_release, tmp_path):
     env = dict(os.environ, LIFEALIGN_DATA_DIR=str(fake_release), LIFEALIGN_CACHE=str(tmp_path / "cache"))
 
     doc = run("preference_throughput.py", tmp_path, env)
-    assert set(doc["results"]) == {"ours", "ours-two-rows", "trl-default", "trl-best"}
+    assert set(doc["results"]) == {"ours", "ours-two-rows", "trl-default", "trl-best", "trl-engine"}
     ours, two_rows = doc["results"]["ours"], doc["results"]["ours-two-rows"]
     assert ours["tokens"] == two_rows["tokens"] == two_rows["processed_tokens"] > ours["processed_tokens"]
     for r in doc["results"].values():
         assert r["tokens"] > 0 and r["seconds"] > 0 and r["tokens_per_s"] > 0 and r["precision"] in ("bf16", "fp32")
     assert doc["results"]["trl-default"]["precision"] == "fp32" and doc["results"]["trl-best"]["precision"] == "bf16"
+    assert doc["results"]["trl-engine"]["tokens"] == ours["tokens"]  # the same pairs, our tokenisation
     assert doc["ratios"]["vs_trl_default"] > 0 and doc["ratios"]["vs_trl_best"] > 0
     assert doc["model"]["params"] > 0 and set(doc["goals"]) == {"vs_trl_default", "vs_trl_best"}
 
@@ -66,7 +67,7 @@ def test_benchmarks_smoke(fake_release, tmp_path):
     doc = run("hardware_limit.py", tmp_path, env, "--from", str(tmp_path / "preference_throughput.json"),
               str(tmp_path / "eval_throughput.json"))
     assert doc["peak_gflops"]["bf16"] > 0 and doc["peak_gflops"]["fp32"] > 0
-    assert len(doc["achieved"]) == 4 + 4 + 3 and all(r["share_pct"] > 0 for r in doc["achieved"])
+    assert len(doc["achieved"]) == 5 + 4 + 3 and all(r["share_pct"] > 0 for r in doc["achieved"])
 
     doc = run("parallel_workers.py", tmp_path, env)
     assert doc["cores"] == os.cpu_count() and set(doc["results"]) == {"preference_throughput", "eval_throughput"}

@@ -101,3 +101,21 @@ def test_base_row_is_cached_across_runs(gen_run, fake_release):
     third = run_cli(fake_release, tmp / "out3", tmp / "cache",
                     ["method.name=seqft", "method.sft=false", *GEN, "eval.max_new_tokens=5"])
     assert third["timings"]["base_row_cache"] == "miss"
+
+
+def test_unreachable_judge_stops_before_any_work(gen_run, monkeypatch, capsys):
+    """`lifealign eval` with the judge on and no server: one line naming the fix, nothing rewritten."""
+    import socket
+    _, tmp = gen_run
+    out = tmp / "out"
+    before = {p: p.read_bytes() for p in out.rglob("*.json")}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["eval", str(out), "--set", "eval.judge=true", "--set", f"eval.judge_base_url=http://127.0.0.1:{port}/v1",
+            "--set", "eval.judge_model=m", "--set", f"cache_dir={tmp / 'cache'}"]
+    monkeypatch.setattr("lifealign.judge.time.sleep", lambda s: None)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "does not answer" in err and "start the server" in err
+    assert {p: p.read_bytes() for p in out.rglob("*.json")} == before

@@ -53,7 +53,7 @@ class FakeServer:
     def __init__(self):
         self.script = deque()
         self.default = ok()
-        self.requests = []  # (path, headers dict, json body)
+        self.requests = []  # (path, headers (an email.message.Message: names case-insensitive), json body)
         self.stop = threading.Event()
         server = self
 
@@ -64,7 +64,7 @@ class FakeServer:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length))
-                server.requests.append((self.path, dict(self.headers), body))
+                server.requests.append((self.path, self.headers, body))  # names case-insensitive
                 kind, code, payload, headers = (server.script.popleft() if server.script
                                                 else server.default)
                 try:
@@ -281,7 +281,7 @@ def test_connection_refused_is_retried(key, tmp_path):
 
 
 def test_key_reaches_server_and_nothing_else(server, make_judge, tmp_path, caplog):
-    caplog.set_level(logging.DEBUG, logger="lifealign.judge")
+    caplog.set_level(logging.DEBUG)  # every logger: ours, the openai client's, httpx's
     j = make_judge()
     server.play(ok("Score: 7"), status(500), ok(), ok("no number"), ECHO_AUTH_401)
     assert score(j) == 7
@@ -546,3 +546,50 @@ def test_from_env(monkeypatch):
     assert (cfg.base_url, cfg.model) == ("https://api.deepseek.com/v1", "deepseek-chat")
     assert JudgeConfig.from_env(model="deepseek-reasoner").model == "deepseek-reasoner"
     assert not any("key" in f and f != "api_key_env" for f in vars(cfg))  # no key field
+
+
+# -----------------------------------------------------------------------------
+# preflight: a rejected key or an absent server stops a run before it generates anything
+
+
+def test_preflight_passes_when_the_server_answers(server, make_judge):
+    j = make_judge()
+    j.preflight()  # the fake answers GET /models with 501: it is there, which is all that is checked
+    assert server.n == 0 and j.sleeps == []
+
+
+def test_preflight_rejected_key_is_one_line(key, tmp_path):
+    s = FakeServer()
+    try:
+        handler = s.httpd.RequestHandlerClass
+
+        def do_GET(self):
+            body = json.dumps({"error": f"bad key\n{self.headers.get('Authorization')}"}).encode()
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        handler.do_GET = do_GET
+        with Judge(JudgeConfig(s.url, "m", timeout=TIMEOUT), tmp_path / "c.sqlite") as j:
+            with pytest.raises(JudgeError) as err:
+                j.preflight()
+        message = str(err.value)
+        assert "HTTP 401 unauthorized (check the API key)" in message
+        assert "\n" not in message and SECRET not in message
+    finally:
+        s.close()
+
+
+def test_preflight_unreachable_server_is_one_line(key, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sleeps = []
+    with Judge(JudgeConfig(f"http://127.0.0.1:{port}/v1", "m", timeout=TIMEOUT, max_retries=2),
+               tmp_path / "c.sqlite", sleep=sleeps.append) as j:
+        with pytest.raises(JudgeError, match=f"the judge at http://127.0.0.1:{port}/v1 does not answer .*"
+                                             "3 attempt\\(s\\)\\): start the server"):
+            j.preflight()
+    assert sleeps == [1.0, 2.0]

@@ -5,6 +5,7 @@ import sys
 
 from .config import ConfigError, load_config
 from .data import DataError
+from .judge import JudgeError
 
 
 def main(argv=None):
@@ -43,7 +44,7 @@ def main(argv=None):
 
             load_model(args.name)
             print(f"{args.name}: ready")
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, JudgeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -115,6 +115,7 @@ class Config:
     cache_dir: str | None = None          # None: $LIFEALIGN_CACHE or ~/.cache/lifealign
     progress: bool = True
     group_by_length: bool = True          # length-grouped training batches (less padding)
+    engine: str = "ours"                  # preference-stage trainer: ours, or trl (TRL's DPOTrainer, as FPOTrainer)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sft: StageConfig = field(default_factory=lambda: StageConfig(epochs=1.0, lr=2e-4))
@@ -127,6 +128,7 @@ class Config:
 
 
 CHOICES = {
+    "engine": ["ours", "trl"],
     "data.on_invalid": ["filter", "error"],
     "model.precision": ["auto", "bf16", "fp32"],
     "method.loss": [None, "dpo", "fpo"],

@@ -2,8 +2,8 @@
 
 The paper scored every response with a DeepSeek model through an OpenAI-compatible
 chat-completions API, with one rubric per task, and reported 10 x the mean score per task. This
-module does the same against any OpenAI-compatible server (DeepSeek, OpenAI, a local vLLM or
-Ollama), using only the standard library:
+module does the same against any OpenAI-compatible server (DeepSeek, OpenAI, a local vLLM,
+llama.cpp or Ollama), through the `openai` client (transport, timeouts, typed errors):
 
 - `RUBRICS` holds the six task rubrics (the system message); `build_messages` adds the WHOLE
   prompt, the reference (chosen) answer, for TruthfulQA the known false answers, and the response.
@@ -11,7 +11,9 @@ Ollama), using only the standard library:
   drops the actual request of multi-turn hh-rlhf transcripts) and it never showed TruthfulQA's
   false answers to the judge.
 - `parse_score` reads the score from the judge's reply; it never guesses (None when unsure).
-- `Judge` sends the requests, retries transient faults with exponential backoff, and keeps every
+- `Judge` sends the requests, retries transient faults (timeouts, connection errors, 429, 5xx,
+  malformed replies; the client's own retries are off so that these are ours: counted, with
+  Retry-After honoured and capped) with exponential backoff, and keeps every
   successful score in a persistent sqlite cache, so an interrupted run resumes where it stopped
   and a rerun costs no requests. Failures are never cached: a rerun retries them.
 
@@ -30,23 +32,21 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
-import http.client
 import ipaddress
 import json
 import logging
 import os
 import re
-import socket
 import sqlite3
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
+
+import openai
 
 from lifealign.data import TASKS
 
@@ -421,6 +421,10 @@ def _retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def _is_loopback(url: str) -> bool:
     host = urllib.parse.urlsplit(url).hostname or ""
     if host == "localhost":
@@ -441,10 +445,10 @@ class Judge:
     """
 
     def __init__(self, config: JudgeConfig, cache_path: Path | str,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] | None = None):
         self.config = config
         self.cache_path = Path(cache_path)
-        self.sleep = sleep
+        self.sleep = sleep or time.sleep
         self.stats = JudgeStats()
         self.last_failure: str | None = None  # reason of the latest failed score(), None if it worked
         self._lock = threading.Lock()
@@ -457,15 +461,20 @@ class Judge:
             "CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, task TEXT, model TEXT, "
             "score INTEGER NOT NULL, reply TEXT, created REAL)")
         self._db.commit()
+        # Retries are ours (backoff, Retry-After cap, counted), so the client makes one attempt.
         # A local server (vLLM, Ollama) must not be reached through an HTTP proxy from the
-        # environment; a remote API keeps the usual proxy handling.
-        handlers = [urllib.request.ProxyHandler({})] if _is_loopback(config.base_url) else []
-        self._opener = urllib.request.build_opener(*handlers)
+        # environment; a remote API keeps the usual proxy handling. The client holds no key: it
+        # is read from the environment for each request (see _auth_header).
+        self._client = openai.OpenAI(
+            base_url=config.base_url, api_key="(set per request)", max_retries=0, timeout=config.timeout,
+            http_client=openai.DefaultHttpxClient(trust_env=not _is_loopback(config.base_url),
+                                                  timeout=config.timeout))
 
     def __repr__(self) -> str:
         return f"Judge({self.config!r}, cache_path={str(self.cache_path)!r})"
 
     def close(self) -> None:
+        self._client.close()
         self._db.close()
 
     def __enter__(self) -> "Judge":
@@ -514,13 +523,40 @@ class Judge:
             return self._fail(fault.reason, fault.detail)
         score = parse_score(reply)
         if score is None:
-            # Not retried: at temperature 0 the same request gives the same reply. Not cached
-            # either, so a rerun (perhaps with a better parser or judge) tries again.
+            # Not retried: a judge that ignored the format seldom follows it on a second try of
+            # the same request (servers with prompt caches, llama.cpp's among them, may answer a
+            # temperature-0 repeat differently, but not more often in format). Not cached either,
+            # so a rerun (perhaps with a better parser or judge) tries again.
             return self._fail("no_score", reply[-200:])
         self._store(key, name, score, reply)
         self.stats.scored += 1
         self.last_failure = None
         return score
+
+    def preflight(self) -> None:
+        """Check, with one GET /models, that the server answers and takes the key, before work
+        whose verdicts would be lost: an unreachable server (after the retries) or a rejected key
+        raises JudgeError (one line, naming the fix). Any other answer counts as reachable; a wrong
+        model or route surfaces at the first scoring request."""
+        attempt = 0
+        while True:
+            self.stats.requests += 1
+            try:
+                self._client.models.list(extra_headers=self._auth_header())
+                return
+            except openai.APIStatusError as err:
+                if err.status_code in (401, 403):
+                    self._status_error(err)
+                return
+            except openai.APIConnectionError as err:
+                if attempt >= self.config.max_retries:
+                    raise JudgeError(self._redact(
+                        f"the judge at {_redact_url(self.config.base_url)} does not answer "
+                        f"({_one_line(err)[:120]}; {1 + attempt} attempt(s)): start the server, or fix "
+                        "eval.judge_base_url / LIFEALIGN_JUDGE_BASE_URL")) from None
+                self.sleep(min(self.config.backoff * 2 ** attempt, self.config.max_backoff))
+                attempt += 1
+                self.stats.retries += 1
 
     def _fail(self, reason: str, detail: str) -> None:
         self.stats.failures[reason] += 1
@@ -552,65 +588,54 @@ class Judge:
                 self.sleep(delay)
 
     def _request_once(self, messages: list[dict]) -> str:
+        """One chat completion through the openai client; its typed errors sorted into retry
+        (_Transient), item failure (_Failed) or fatal (JudgeError)."""
         cfg = self.config
-        body = json.dumps({"model": cfg.model, "messages": messages,
-                           "temperature": cfg.temperature, "max_tokens": cfg.max_tokens}).encode()
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        key = cfg.api_key()
-        if key:  # local servers take no key; an empty "Bearer " header can upset some of them
-            headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(f"{cfg.base_url}/chat/completions", data=body,
-                                         headers=headers, method="POST")
         self.stats.requests += 1
         try:
-            with self._opener.open(request, timeout=cfg.timeout) as reply:
-                raw = reply.read()
-        except urllib.error.HTTPError as err:
-            self._http_error(err)
-        except urllib.error.URLError as err:
-            if isinstance(err.reason, (socket.timeout, TimeoutError)):
-                raise _Transient("timeout", str(err.reason)) from None
-            raise _Transient("connection", str(err.reason)) from None
-        except (socket.timeout, TimeoutError) as err:  # a timeout while reading the body
+            reply = self._client.chat.completions.create(
+                model=cfg.model, messages=messages, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+                extra_headers=self._auth_header())
+        except openai.APITimeoutError as err:
             raise _Transient("timeout", str(err)) from None
-        except (http.client.HTTPException, ConnectionError, OSError) as err:
-            raise _Transient("connection", f"{type(err).__name__}: {err}") from None
-        return self._reply_text(raw)
+        except openai.APIConnectionError as err:
+            raise _Transient("connection", f"{err}: {err.__cause__ or ''}") from None
+        except openai.APIStatusError as err:
+            self._status_error(err)
+        except (ValueError, openai.APIResponseValidationError) as err:  # a body that is not JSON
+            raise _Transient("bad_json", str(err)[:200]) from None
+        return self._reply_text(reply)
 
-    def _http_error(self, err: urllib.error.HTTPError) -> None:
+    def _auth_header(self) -> dict:
+        """The key goes into each request's headers only; a keyless local server gets no
+        Authorization header at all (an empty "Bearer " upsets some servers)."""
+        key = self.config.api_key()
+        return {"Authorization": f"Bearer {key}"} if key else {"Authorization": openai.Omit()}
+
+    def _status_error(self, err: "openai.APIStatusError") -> None:
         """Sort an HTTP error status into retry, item failure or fatal; always raises."""
-        status = err.code
-        try:
-            detail = err.read(500).decode("utf-8", "replace")
-        except Exception:  # the body is only for the message
-            detail = ""
-        finally:
-            err.close()
+        status = err.status_code
+        detail = err.response.text[:500]
+        retry_after = _retry_after_seconds(err.response.headers.get("Retry-After"))
         if status == 429:
-            raise _Transient("http_429", detail, _retry_after_seconds(err.headers.get("Retry-After")))
+            raise _Transient("http_429", detail, retry_after)
         if status >= 500:
-            raise _Transient("http_5xx", f"{status} {detail}",
-                             _retry_after_seconds(err.headers.get("Retry-After")))
+            raise _Transient("http_5xx", f"{status} {detail}", retry_after)
         if status in _FATAL_STATUSES:
             raise JudgeError(self._redact(
                 f"judge request to {_redact_url(self.config.base_url)} failed: HTTP {status} "
-                f"{_FATAL_STATUSES[status]}; server said: {detail[:300]}"))
+                f"{_FATAL_STATUSES[status]}; server said: {_one_line(detail)[:300]}"))
         raise _Failed(f"http_{status}", detail)
 
     @staticmethod
-    def _reply_text(raw: bytes) -> str:
-        """choices[0].message.content of a chat-completions reply; _Transient when malformed."""
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise _Transient("bad_json", raw[:200].decode("utf-8", "replace")) from None
-        try:
-            content = data["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            content = None
+    def _reply_text(reply) -> str:
+        """choices[0].message.content of a chat completion; _Transient when missing or empty."""
+        choices = getattr(reply, "choices", None)
+        message = getattr(choices[0], "message", None) if choices else None
+        content = getattr(message, "content", None)
         if not isinstance(content, str) or not content.strip():
             # Some servers answer 200 with {"error": ...} under load; treat it as transient.
-            raise _Transient("no_choices", json.dumps(data)[:200] if data is not None else "")
+            raise _Transient("no_choices", str(reply)[:200])
         return content
 
     def score_many(self, task: str, items: list[dict], progress: bool = False) -> dict:

@@ -144,8 +144,14 @@ def results_dir(profile_name, spec, root=None):
     return Path(root or repo_root()) / "results" / profile_name / spec.group / spec.id
 
 
+# Keys added to the run config after runs were committed: at their default they count as absent,
+# so that the committed runs stay done.
+_ADDED_KEYS = {"engine": "ours"}
+
+
 def _comparable(config):
-    return {k: v for k, v in config.items() if k not in _VOLATILE_KEYS}
+    return {k: v for k, v in config.items()
+            if k not in _VOLATILE_KEYS and not (k in _ADDED_KEYS and v == _ADDED_KEYS[k])}
 
 
 def committed_state(profile_name, spec, root=None):

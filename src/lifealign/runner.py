@@ -31,6 +31,7 @@ from .config import ConfigError, config_from_dict, parse_override, set_path
 from .consolidation import lora_parameters
 from .evaluation import METRICS, evaluate_base, evaluate_policy
 from .generation import decoding_description, generate_responses, generation_scores
+from .integrations import trl_engine
 from .judge import Judge, JudgeConfig
 from .io import read_json, replace_dir, torch_save, write_json
 from .losses import PREFERENCE_LOSSES
@@ -86,6 +87,8 @@ class ContinualLoop:
         self.precision = pick_precision(self.device) if cfg.model.precision == "auto" else cfg.model.precision
         self.strategy = build_strategy(cfg)
         self.loss_fn = PREFERENCE_LOSSES[self.strategy.loss]
+        if cfg.engine == "trl":
+            trl_engine.check_strategy(self.strategy)
         self.task_index = None
         self.task = None
         self.stage = None
@@ -265,6 +268,9 @@ class ContinualLoop:
         cfg, ev = self.cfg, self.cfg.eval
         progress = cfg.progress and self.is_main
         evals, generations = {}, dict(generations or {})
+        if ev.generation and ev.judge and not getattr(self, "judge_checked", False):
+            self._judge_client().preflight()  # a wrong key or an absent server stops before generating
+            self.judge_checked = True
         for name, task in self.tasks.items():
             if base:
                 evals[name] = evaluate_base(task.test, cfg.method.beta)
@@ -300,14 +306,17 @@ class ContinualLoop:
         ev = self.cfg.eval
         return decoding_description(ev.sampling, ev.temperature, ev.top_p, ev.max_new_tokens)
 
-    def _judge(self, evals, generations):
+    def _judge_client(self):
         ev = self.cfg.eval
         config = JudgeConfig.from_env(ev.judge_base_url, ev.judge_model, api_key_env=ev.judge_api_key_env)
         if config is None:
             raise ConfigError("eval.judge is on but no judge is configured: set eval.judge_base_url and "
                               "eval.judge_model (or LIFEALIGN_JUDGE_BASE_URL / LIFEALIGN_JUDGE_MODEL)")
         cache_dir = Path(self.cfg.cache_dir) if self.cfg.cache_dir else cache_root()
-        judge = Judge(config, cache_dir / "judge.sqlite")
+        return Judge(config, cache_dir / "judge.sqlite")
+
+    def _judge(self, evals, generations):
+        judge = self._judge_client()
         for name, task in self.tasks.items():
             responses = generations[name]["responses"]
             items = [{"prompt": r["prompt"], "response": resp, "reference": clean_response(r["chosen"]),
@@ -365,12 +374,15 @@ class ContinualLoop:
                                               **({"gamma": cfg.method.gamma} if self.strategy.loss == "fpo" else {}))
             collate = lambda ex: collate_pairs(ex, self.pad_id, self.strategy.share_prompt)  # noqa: E731
         self.stage_records, self.stage_loss, self.collate = records, stage_loss, collate
-        trainer = StageTrainer(
-            model=self.model, args=args, train_dataset=ListDataset(records), data_collator=collate,
-            optimizers=(self._optimizer(stage, stage_cfg), None), stage_loss=stage_loss,
-            hooks=_StageHooks(self, stage), lengths=example_lengths(records, stage) if cfg.group_by_length else None,
-        )
-        trainer.add_callback(self.progress.callback(lambda: trainer.tokens_seen * self.world_size))
+        if stage == "pref" and cfg.engine == "trl":  # TRL's DPOTrainer as the preference stage
+            trainer = trl_engine.preference_trainer(self, records, stage_cfg, seed)
+        else:
+            trainer = StageTrainer(
+                model=self.model, args=args, train_dataset=ListDataset(records), data_collator=collate,
+                optimizers=(self._optimizer(stage, stage_cfg), None), stage_loss=stage_loss,
+                hooks=_StageHooks(self, stage), lengths=example_lengths(records, stage) if cfg.group_by_length else None,
+            )
+        trainer.add_callback(self.progress.callback(lambda: getattr(trainer, "tokens_seen", 0) * self.world_size))
         t0 = time.perf_counter()
         trainer.train()
         train_s = time.perf_counter() - t0

@@ -1,0 +1,73 @@
+"""The release files as `datasets.Dataset`s, for TRL and other Hugging Face trainers.
+
+Our reader stays in front: `lifealign.data.load_task` checks every file's structure (a `DataError`
+naming the file, record and key) and filters unusable pairs, counting them in the report. Only
+records that passed become rows. Rows keep file order and their `index` in the file, so replay's
+"first 20% of the rows" keeps its meaning.
+
+Two row formats:
+- `conversational` (TRL's preference format): prompt = [user turn], chosen / rejected = [assistant
+  turn], so the tokenizer's chat template renders them as our engine does (`encode_prompt`).
+- `tokenized`: prompt_ids / chosen_ids / rejected_ids from our tokenisation (`encode_records`:
+  prompts keep their end, responses end with EOS), plus the frozen base model's
+  ref_chosen_logps / ref_rejected_logps when the records carry them. `FPOTrainer` takes such rows
+  as they are, so TRL trains on exactly the tokens our engine trains on.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets import Dataset
+
+from .. import data as data_mod
+from ..training import clean_response, encode_records
+
+
+def conversational_rows(records):
+    return [{
+        "prompt": [{"role": "user", "content": r["prompt"]}],
+        "chosen": [{"role": "assistant", "content": clean_response(r["chosen"])}],
+        "rejected": [{"role": "assistant", "content": clean_response(r["rejected"])}],
+        "index": r["index"],
+    } for r in records]
+
+
+def tokenized_rows(records):
+    """Rows of already tokenised records (record["ids"]); with record["ref"] also the reference
+    log-probabilities, which TRL's collator passes on as ref_chosen_logps / ref_rejected_logps."""
+    rows = []
+    for r in records:
+        row = {"prompt_ids": r["ids"]["prompt"], "chosen_ids": r["ids"]["chosen"],
+               "rejected_ids": r["ids"]["rejected"], "index": r["index"]}
+        if "ref" in r:
+            row["ref_chosen_logps"], row["ref_rejected_logps"] = float(r["ref"][0]), float(r["ref"][1])
+        rows.append(row)
+    return rows
+
+
+def records_dataset(records, tokenized=False):
+    """A `datasets.Dataset` of records in file order (see the module docstring for the formats)."""
+    return Dataset.from_list(tokenized_rows(records) if tokenized else conversational_rows(records))
+
+
+def load_task_datasets(name, data_dir: Path | None = None, n_train=None, n_test=None, seed=0,
+                       on_invalid="filter", tokenizer=None, max_length=256, max_prompt_length=128):
+    """(train Dataset, test Dataset, report) of one task of the release. The report is
+    `load_task`'s: what was filtered, how the split was made, what was used.
+
+    Without a tokenizer: TRL's conversational format (any DPOTrainer takes it; TRL truncates whole
+    sequences to its max_length, from the end of the response by default). With one: our
+    tokenisation (`tokenized` rows for `FPOTrainer`): prompts keep their last max_prompt_length
+    tokens, where a multi-turn transcript holds its request, and every pair fits max_length.
+    """
+    if data_dir is None:
+        data_dir = data_mod.default_data_dir()
+        if data_dir is None:
+            raise data_mod.DataError(f"no data directory: set ${data_mod.DATA_DIR_ENV} to the release folder, "
+                                     "or run `make data`")
+    task = data_mod.load_task(name, data_dir, n_train, n_test, seed, on_invalid)
+    if tokenizer is not None:
+        for records in (task.train, task.test):
+            encode_records(tokenizer, records, max_length, max_prompt_length)
+    tokenized = tokenizer is not None
+    return records_dataset(task.train, tokenized), records_dataset(task.test, tokenized), task.report
