@@ -97,7 +97,7 @@ def test_gpu_check_smoke(fake_release, tmp_path):
 def test_whole_run_smoke(fake_release, tmp_path):
     """Before and after code run the same config back to back; the JSON holds both and the ratios."""
     env = dict(os.environ, LIFEALIGN_DATA_DIR=str(fake_release), LIFEALIGN_CACHE=str(tmp_path / "cache"))
-    doc = run("whole_run.py", tmp_path, env, "--before", "HEAD")
+    doc = run("whole_run.py", tmp_path, env, "--before", "HEAD", "--set", "data.order=[hh-rlhf-helpful-base, safe-rlhf]")
     assert set(doc["runs"]) == {"before", "after"}
     for r in doc["runs"].values():
         assert r["wall_s"] > r["train_s"] > 0 and r["eval_s"] > 0 and r["precision"] in ("bf16", "fp32")

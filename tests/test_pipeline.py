@@ -266,7 +266,7 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     executed = (out / "orders" / removed.id / "experiment.ipynb").read_bytes()
     shutil.rmtree(out / "orders" / removed.id)
     shutil.rmtree(repo / "runs" / "smoke" / "orders" / removed.id)
-    log = _run(dvc + ["repro", "--allow-missing"], repo, env)
+    log = _run([sys.executable, "-m", "lifealign.pipeline", "run", "orders", "--profile", "smoke"], repo, env)
     assert f"{removed.id}: running" in log and log.count(": done, skipped") == len(pipeline.grid(profile, "orders")) - 1
     assert (out / "orders" / removed.id / "results.json").exists()
     assert (out / "orders" / removed.id / "experiment.ipynb").read_bytes() == executed

@@ -436,5 +436,5 @@ def resolve_order(order: str | list[str], data_dir: Path) -> tuple[list[str], li
 
 
 def replay_slice(records: list[dict], fraction: float = 0.2) -> list[dict]:
-    """The FIRST int(len(records) * fraction) records in file order: what a task adds to replay (spec 5)."""
+    """The FIRST int(len(records) * fraction) records in file order: what a task adds to replay."""
     return records[: int(len(records) * fraction)]

@@ -13,7 +13,7 @@
   state is written into each trainer checkpoint (`slmc.pt`) and read back on resume, and kept
   across trainers: pass the same callback to each task's trainer.
 - `ReplayBuffer`: the next task's training `Dataset` = its rows + the buffer; then the first 20% of
-  its rows join the buffer (spec section 5).
+  its rows join the buffer, as the replay of the LifeAlign method.
 
 Usage (examples/trl_continual.py is the whole loop):
 
@@ -190,7 +190,7 @@ class SLMCCallback(TrainerCallback):
 
 
 class ReplayBuffer:
-    """Experience replay for `datasets.Dataset`s (spec section 5, as `strategies.replay.Replay`).
+    """Experience replay for `datasets.Dataset`s (the first 20% of each earlier task, as `strategies.replay.Replay`).
 
     `next_training_set(task_dataset)` returns the task's rows followed by every buffered row (the
     trainer shuffles), then adds the first `fraction` of the task's rows, in file order, to the
