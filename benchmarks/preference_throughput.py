@@ -60,18 +60,26 @@ class NoHooks:
         pass
 
 
-def run_ours(args, pairs, dev, share_prompt=True):
+def prepare(args, pairs, dev, share_prompt=True):
+    """What both of our engines start from: the model with its LoRA, the pairs tokenised and scored
+    by the reference (the timed preparation). Returns (precision, model, tokenizer, records,
+    tokenising seconds, reference seconds)."""
     precision = pick_precision(dev)
     model, tok = common.load(args, dev)
     torch.manual_seed(0)
     model = add_lora(model, **LORA)
     records = [dict(r) for r in pairs]
+    with common.Timer() as t_tok:
+        encode_records(tok, records, args.max_length, args.max_prompt_length)
+    with tempfile.TemporaryDirectory() as tmp, common.Timer() as t_ref:
+        ReferenceCache(Path(tmp) / "reference.pt").fill(model, records, tok.pad_token_id, args.eval_batch,
+                                                        precision, write=False, share_prompt=share_prompt)
+    return precision, model, tok, records, t_tok.s, t_ref.s
+
+
+def run_ours(args, pairs, dev, share_prompt=True):
+    precision, model, tok, records, tok_s, ref_s = prepare(args, pairs, dev, share_prompt)
     with tempfile.TemporaryDirectory() as tmp:
-        with common.Timer() as t_tok:
-            encode_records(tok, records, args.max_length, args.max_prompt_length)
-        with common.Timer() as t_ref:
-            ReferenceCache(Path(tmp) / "reference.pt").fill(model, records, tok.pad_token_id, args.eval_batch,
-                                                            precision, write=False, share_prompt=share_prompt)
         with common.Timer() as t_train:
             stage = StageConfig(epochs=1.0, lr=args.lr, batch_size=args.batch)
             params = [p for p in model.parameters() if p.requires_grad]
@@ -86,8 +94,8 @@ def run_ours(args, pairs, dev, share_prompt=True):
             trainer.train()
     return {"precision": precision, "reference": "once, before training", "layout": "shared-prompt" if share_prompt
             else "two-rows", "tokens": common.pair_tokens(records), "processed_tokens": trainer.tokens_seen,
-            "steps": trainer.state.global_step, "prepare_s": t_tok.s, "reference_s": t_ref.s,
-            "train_s": t_train.s, "seconds": t_tok.s + t_ref.s + t_train.s, "params": common.n_params(model)}
+            "steps": trainer.state.global_step, "prepare_s": tok_s, "reference_s": ref_s,
+            "train_s": t_train.s, "seconds": tok_s + ref_s + t_train.s, "params": common.n_params(model)}
 
 
 def run_trl_engine(args, pairs, dev):
@@ -97,17 +105,8 @@ def run_trl_engine(args, pairs, dev):
     from lifealign.integrations.hf_datasets import records_dataset
     from lifealign.integrations.trl import FPOTrainer
 
-    precision = pick_precision(dev)
-    model, tok = common.load(args, dev)
-    torch.manual_seed(0)
-    model = add_lora(model, **LORA)
-    records = [dict(r) for r in pairs]
+    precision, model, tok, records, tok_s, ref_s = prepare(args, pairs, dev)
     with tempfile.TemporaryDirectory() as tmp:
-        with common.Timer() as t_tok:
-            encode_records(tok, records, args.max_length, args.max_prompt_length)
-        with common.Timer() as t_ref:
-            ReferenceCache(Path(tmp) / "reference.pt").fill(model, records, tok.pad_token_id, args.eval_batch,
-                                                            precision, write=False)
         with common.Timer() as t_train:
             config = DPOConfig(
                 output_dir=tmp, num_train_epochs=1, per_device_train_batch_size=args.batch, learning_rate=args.lr,
@@ -123,8 +122,8 @@ def run_trl_engine(args, pairs, dev):
             model.train()
             trainer.train()
     return {"precision": precision, "reference": "once, before training", "layout": "two-rows (TRL)",
-            "tokens": common.pair_tokens(records), "steps": trainer.state.global_step, "prepare_s": t_tok.s,
-            "reference_s": t_ref.s, "train_s": t_train.s, "seconds": t_tok.s + t_ref.s + t_train.s,
+            "tokens": common.pair_tokens(records), "steps": trainer.state.global_step, "prepare_s": tok_s,
+            "reference_s": ref_s, "train_s": t_train.s, "seconds": tok_s + ref_s + t_train.s,
             "params": common.n_params(model)}
 
 

@@ -142,7 +142,9 @@ def test_a_smoke_run_logs_progress_while_it_runs(tmp_path, fake_release):
     assert proc.returncode == 0, output[-3000:]
     assert seen, f"run.log had no first-task progress before the run ended:\n{log.read_text()}"
     assert any(re.match(rf"matrix\s+{re.escape(spec.id)}\s+running\s+task \d/\d", line) for line in status), status
-    assert f"[matrix 1/1] {spec.id}: running" in output and f"[matrix 1/1] {spec.id} | task 1/" in output, output
+    # The group line polls progress.json each second: it shows the longer stages (setup, reference,
+    # evaluation) of this seconds-long run surely, its sub-second task stages only by chance.
+    assert f"[matrix 1/1] {spec.id}: running" in output and f"[matrix 1/1] {spec.id} | " in output, output
     assert re.search(rf"\[matrix 1/1\] {re.escape(spec.id)}: finished in \S+ ->", output)
     assert pipeline.run_state("smoke", spec, root) == "done"
     notebook = (pipeline.results_dir("smoke", spec, root) / "experiment.ipynb").read_text()
