@@ -21,7 +21,7 @@ from lifealign import data as data_mod
 from lifealign.models import SMOLLM2, TINY, _cpu_flags, load_model
 # Non-pad tokens of prompt+chosen and prompt+rejected over encoded records: the count the continual
 # loop reports as eval_tokens, so the benchmarks' tokens/s and a run's compare.
-from lifealign.runner import _pair_tokens as pair_tokens  # noqa: F401
+from lifealign.training import pair_tokens  # noqa: F401
 from lifealign.training import encode_prompt
 
 RESULTS = Path(__file__).resolve().parent / "results"

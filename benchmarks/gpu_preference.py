@@ -43,14 +43,6 @@ ARCHS = {
 }
 
 
-class NoHooks:
-    def extra_loss(self, model, batch, outputs):
-        return None
-
-    def before_optimizer_step(self):
-        pass
-
-
 def build(arch, dev):
     from transformers import AutoModelForCausalLM, Qwen2Config
 
@@ -87,7 +79,7 @@ def run_arch(arch, args, dev):
             model=model, args=training_arguments(stage, tmp, 0, precision, False, dev),
             train_dataset=ListDataset(records), data_collator=lambda ex: collate_pairs(ex, pad_id),
             optimizers=(torch.optim.AdamW(params, lr=5e-6), None),
-            stage_loss=make_preference_loss(fpo_loss, 0.1, gamma=2.0), hooks=NoHooks(),
+            stage_loss=make_preference_loss(fpo_loss, 0.1, gamma=2.0),
             lengths=example_lengths(records, "pref"))
         model.train()
         with common.Timer() as t_train:

@@ -50,16 +50,6 @@ LORA = dict(r=8, alpha=16, dropout=0.0, targets=["q_proj", "v_proj"])
 GOALS = {"vs_trl_default": 3.0, "vs_trl_best": 1.5}  # ours / TRL, tokens per second
 
 
-class NoHooks:
-    """No strategy: the plain preference stage."""
-
-    def extra_loss(self, model, batch, outputs):
-        return None
-
-    def before_optimizer_step(self):
-        pass
-
-
 def prepare(args, pairs, dev, share_prompt=True):
     """What both of our engines start from: the model with its LoRA, the pairs tokenised and scored
     by the reference (the timed preparation). Returns (precision, model, tokenizer, records,
@@ -88,7 +78,7 @@ def run_ours(args, pairs, dev, share_prompt=True):
                 train_dataset=ListDataset(records),
                 data_collator=lambda ex: collate_pairs(ex, tok.pad_token_id, share_prompt),
                 optimizers=(torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0), None),
-                stage_loss=make_preference_loss(dpo_loss, args.beta), hooks=NoHooks(),
+                stage_loss=make_preference_loss(dpo_loss, args.beta),
                 lengths=example_lengths(records, "pref"))
             model.train()
             trainer.train()

@@ -32,14 +32,6 @@ GROUPS = {  # first match wins, on the op name
 }
 
 
-class NoHooks:
-    def extra_loss(self, model, batch, outputs):
-        return None
-
-    def before_optimizer_step(self):
-        pass
-
-
 def group_of(name):
     low = name.lower()
     return next((g for g, keys in GROUPS.items() if any(k.lower() in low for k in keys)), "other")
@@ -64,7 +56,7 @@ def main(argv=None):
             model=model, args=training_arguments(stage, tmp, 0, precision, False, dev),
             train_dataset=ListDataset(records), data_collator=lambda ex: collate_pairs(ex, tok.pad_token_id),
             optimizers=(torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0), None),
-            stage_loss=make_preference_loss(dpo_loss, 0.1), hooks=NoHooks(), lengths=example_lengths(records, "pref"))
+            stage_loss=make_preference_loss(dpo_loss, 0.1), lengths=example_lengths(records, "pref"))
         model.train()
         with common.Timer() as t, profile(activities=[ProfilerActivity.CPU]) as prof:
             trainer.train()

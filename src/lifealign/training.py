@@ -184,6 +184,12 @@ def pair_length(rec):
     return sum(len(rec["ids"][k]) for k in ("prompt", "chosen", "rejected"))
 
 
+def pair_tokens(records):
+    """Tokens of the records' pairs as two plain sequences each (prompt + chosen, prompt + rejected):
+    the unit of the throughput figures."""
+    return sum(2 * len(r["ids"]["prompt"]) + len(r["ids"]["chosen"]) + len(r["ids"]["rejected"]) for r in records)
+
+
 def example_lengths(records, stage):
     """Token length of each training example's row, for length grouping."""
     if stage == "sft":
@@ -213,23 +219,25 @@ class _BeforeOptimizerStep(TrainerCallback):
 class StageTrainer(Trainer):
     """A Trainer whose loss is `stage_loss(model, batch)` plus the strategy's extra loss terms.
 
-    `hooks` is the strategy: `extra_loss(model, batch, outputs)` and `before_optimizer_step()`.
+    `extra_loss(model, batch, outputs)` returns a term to add (or None); `before_optimizer_step()`
+    runs between backward and the optimizer step (gradient projection).
     """
 
-    def __init__(self, *args, stage_loss, hooks, lengths=None, **kwargs):
+    def __init__(self, *args, stage_loss, extra_loss=None, before_optimizer_step=None, lengths=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.lengths = lengths
         self.stage_loss = stage_loss
-        self.hooks = hooks
+        self.extra_loss = extra_loss or (lambda model, batch, outputs: None)
         self.loss_is_scaled_for_ga = False  # our loss is a batch mean: let Trainer divide by accumulation
         self.tokens_seen = 0
         self.stage_stats = []
-        self.add_callback(_BeforeOptimizerStep(hooks.before_optimizer_step))
+        if before_optimizer_step is not None:
+            self.add_callback(_BeforeOptimizerStep(before_optimizer_step))
         self.remove_callback(PrinterCallback)  # the loop prints its own summary
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = self.stage_loss(model, inputs)
-        extra = self.hooks.extra_loss(model, inputs, outputs)
+        extra = self.extra_loss(model, inputs, outputs)
         if extra is not None:
             loss = loss + extra
         if model.training:

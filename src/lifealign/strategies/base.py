@@ -1,6 +1,7 @@
 """Continual-learning strategies as hooks around one training loop (Avalanche style).
 
-The loop (`lifealign.runner`) calls, for each task of the order:
+The loop (`lifealign.runner`) calls, for each task of the order, through `Strategy.dispatch`
+(every plugin in turn) or the Strategy method that combines the plugins' results:
 
     on_task_start(loop, task)
     for stage in ("sft", "pref"):
@@ -10,6 +11,8 @@ The loop (`lifealign.runner`) calls, for each task of the order:
            `before_optimizer_step(...)` runs between backward and the optimizer step...
         report = on_stage_end(loop, stage)
     on_task_end(loop, task)
+
+and `on_restore(loop)` after a restart has loaded the plugins' state.
 
 The optimizer of each stage kind is built once per run (its state carries over between tasks) by
 `make_optimizer(loop, stage, params, stage_cfg)`: the first plugin that returns one decides, else the
@@ -98,32 +101,24 @@ class Strategy:
     def plugin(self, name):
         return next((p for p in self.plugins if p.name == name), None)
 
-    def on_task_start(self, loop, task):
-        for p in self.plugins:
-            p.on_task_start(loop, task)
+    def dispatch(self, hook, *args):
+        """Call `hook(*args)` on every plugin in order; {plugin name: what it returned}. The hooks
+        whose results combine have their own method below."""
+        return {p.name: getattr(p, hook)(*args) for p in self.plugins}
 
     def training_records(self, loop, stage, task, records):
+        """Each plugin's records from the previous one's (replay adds its memory, CPPO scores them)."""
         for p in self.plugins:
             records = p.training_records(loop, stage, task, records)
         return records
 
-    def on_stage_start(self, loop, stage):
-        for p in self.plugins:
-            p.on_stage_start(loop, stage)
-
     def extra_loss(self, loop, stage, model, batch, outputs):
-        total = None
-        for p in self.plugins:
-            term = p.extra_loss(loop, stage, model, batch, outputs)
-            if term is not None:
-                total = term if total is None else total + term
-        return total
-
-    def before_optimizer_step(self, loop, stage, model):
-        for p in self.plugins:
-            p.before_optimizer_step(loop, stage, model)
+        """The sum of the plugins' loss terms, or None when none adds one."""
+        terms = [t for t in self.dispatch("extra_loss", loop, stage, model, batch, outputs).values() if t is not None]
+        return sum(terms[1:], terms[0]) if terms else None
 
     def make_optimizer(self, loop, stage, params, stage_cfg):
+        """The first plugin's optimizer, or None for the loop's AdamW."""
         for p in self.plugins:
             optimizer = p.make_optimizer(loop, stage, params, stage_cfg)
             if optimizer is not None:
@@ -131,16 +126,8 @@ class Strategy:
         return None
 
     def on_stage_end(self, loop, stage):
-        reports = {}
-        for p in self.plugins:
-            report = p.on_stage_end(loop, stage)
-            if report is not None:
-                reports[p.name] = report
-        return reports
-
-    def on_task_end(self, loop, task):
-        for p in self.plugins:
-            p.on_task_end(loop, task)
+        """{plugin name: report} of the plugins that report on the stage."""
+        return {name: r for name, r in self.dispatch("on_stage_end", loop, stage).items() if r is not None}
 
     def state_dict(self):
         return {p.name: p.state_dict() for p in self.plugins}
@@ -149,12 +136,8 @@ class Strategy:
         for p in self.plugins:
             p.load_state_dict(state.get(p.name, {}))
 
-    def on_restore(self, loop):
-        for p in self.plugins:
-            p.on_restore(loop)
-
     def state_nbytes(self):
-        return {p.name: p.state_nbytes() for p in self.plugins}
+        return self.dispatch("state_nbytes")
 
     def describe(self):
         return {"name": self.name, "loss": self.loss, "plugins": [p.name for p in self.plugins]}
