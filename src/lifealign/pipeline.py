@@ -87,6 +87,7 @@ class RunSpec:
     order: str
     seed: int
     sweep: tuple = field(default=())  # ((key, value), ...)
+    tier: int = field(default=1, compare=False)  # the block's place in a long grid (scripts/run_grid.py)
 
     @property
     def id(self):
@@ -105,13 +106,14 @@ def grid(profile, group):
         raise ConfigError(f"unknown group {group!r}; groups: {', '.join(GROUPS)}")
     runs = []
     for i, block in enumerate(profile.get(group) or []):
-        unknown = set(block) - {"methods", "orders", "seeds", "sweep"}
+        unknown = set(block) - {"methods", "orders", "seeds", "sweep", "tier"}
         if unknown:
             raise ConfigError(f"params.yaml: {group}[{i}] has unknown keys {sorted(unknown)}")
         sweeps = [[()]] + [[((key, v),) for v in values] for key, values in (block.get("sweep") or {}).items()]
         for method, order, seed, *sweep in itertools.product(block["methods"], block.get("orders", [None]),
                                                              block.get("seeds", [0]), *sweeps):
-            spec = RunSpec(group, method, order, int(seed), tuple(kv for part in sweep for kv in part))
+            spec = RunSpec(group, method, order, int(seed), tuple(kv for part in sweep for kv in part),
+                           int(block.get("tier", 1)))
             if spec not in runs:
                 runs.append(spec)
     return runs
