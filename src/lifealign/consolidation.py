@@ -6,6 +6,8 @@ the history of refined updates.
 """
 import torch
 
+from .lora import lora_parameters
+
 # Singular values below this share of the largest are treated as zero: a zero or repeated update in
 # the history must not contribute arbitrary directions to the historical subspace.
 _RANK_TOL = 1e-6
@@ -64,11 +66,6 @@ def consolidate(update, history, threshold=0.9, lam=0.5):
     return consolidate_with_stats(update, history, threshold, lam)[0]
 
 
-def lora_parameters(model):
-    """Every LoRA A and B matrix of the model by name (trainable or frozen, all adapters)."""
-    return {n: p for n, p in model.named_parameters() if "lora_A" in n or "lora_B" in n}
-
-
 class SLMC:
     """Per-matrix SLMC state for one run: stage-start snapshots and the history of refined updates.
 
@@ -83,8 +80,7 @@ class SLMC:
         self._start = {}
 
     def begin_stage(self, model):
-        self._start = {n: p.detach().float().cpu().clone()
-                       for n, p in lora_parameters(model).items() if p.requires_grad}
+        self._start = {n: p.detach().float().cpu().clone() for n, p in lora_parameters(model, trainable=True).items()}
 
     @torch.no_grad()
     def end_stage(self, model):

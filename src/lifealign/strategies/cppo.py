@@ -77,7 +77,7 @@ import warnings
 
 import torch
 
-from ..consolidation import lora_parameters
+from ..lora import lora_parameters
 from ..reference import score_pairs
 from . import register
 from .base import Plugin, Strategy
