@@ -8,6 +8,7 @@
 """
 import torch
 
+from .losses import dpo_margin
 from .reference import score_pairs
 
 METRICS = ("reward_accuracy", "margin", "length_normalised_margin", "loglik_accuracy")
@@ -22,7 +23,7 @@ def preference_scores(policy, reference, beta=0.1):
     pc, pr, nc, nr = policy.double().unbind(1)
     rc, rr = reference.double().unbind(1)
     nc, nr = nc.clamp(min=1), nr.clamp(min=1)
-    margin = beta * ((pc - rc) - (pr - rr))
+    margin = dpo_margin(pc, pr, rc, rr, beta)
     return {
         "reward_accuracy": _accuracy(margin),
         "margin": float(margin.mean()),

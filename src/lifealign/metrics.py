@@ -13,7 +13,8 @@ def _cell(matrix, i, j):
     return float(value)
 
 
-def _mean(values):
+def mean_of(values):
+    """The mean of the values that are not None; None if there are none."""
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
 
@@ -33,9 +34,9 @@ def summarize(matrix, base=None):
         raise ValueError(f"summarize needs a square matrix with one row per task, got {[len(r) for r in matrix]}")
     last_row = n - 1
     out = {
-        "last": _mean(_cell(matrix, last_row, j) for j in range(n)),
-        "ap": _mean(_mean(_cell(matrix, k, j) for j in range(k + 1)) for k in range(n)),
-        "bwt": _mean(
+        "last": mean_of(_cell(matrix, last_row, j) for j in range(n)),
+        "ap": mean_of(mean_of(_cell(matrix, k, j) for j in range(k + 1)) for k in range(n)),
+        "bwt": mean_of(
             _cell(matrix, last_row, i) - _cell(matrix, i, i)
             for i in range(n - 1)
             if _cell(matrix, last_row, i) is not None and _cell(matrix, i, i) is not None
@@ -47,7 +48,7 @@ def summarize(matrix, base=None):
             for i in range(1, n)
             if _cell(matrix, i - 1, i) is not None and base[i] is not None
         ]
-        out["fwt"] = _mean(fwt) if n > 1 else None
+        out["fwt"] = mean_of(fwt) if n > 1 else None
         drops = []
         for i in range(n - 1):
             final = _cell(matrix, last_row, i)
@@ -55,5 +56,5 @@ def summarize(matrix, base=None):
             seen = [v for v in seen if v is not None]
             if final is not None and seen:
                 drops.append(max(v - final for v in seen))
-        out["forgetting"] = _mean(drops) if n > 1 else None
+        out["forgetting"] = mean_of(drops) if n > 1 else None
     return out

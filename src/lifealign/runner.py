@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import random
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -28,24 +27,23 @@ from safetensors.torch import load_file, save_file
 
 from . import data as data_mod
 from .config import ConfigError, config_from_dict, parse_override, set_path
-from .consolidation import lora_parameters
 from .evaluation import METRICS, evaluate_base, evaluate_policy
 from .generation import decoding_description, generate_responses, generation_scores
 from .integrations import trl_engine
 from .judge import Judge, JudgeConfig
-from .io import read_json, replace_dir, torch_save, write_json
+from .io import fresh_dir, read_json, replace_dir, torch_save, write_json
+from .lora import add_lora, lora_parameters
 from .losses import PREFERENCE_LOSSES
-from .metrics import summarize
-from .models import (add_lora, cache_root, freeze_base_in_bf16, load_model, machine_description, model_fingerprint,
-                     pick_precision)
+from .machine import cache_root, machine_description, pick_precision
+from .metrics import mean_of, summarize
+from .models import freeze_base_in_bf16, load_model, model_fingerprint
 from .progress import RunProgress, after_stage_label, task_stages
 from .reference import ReferenceCache, autocast, pair_key
 from .run_code import RUN_CODE_VERSION
 from .strategies import build_strategy
-from .training import (ListDataset, StageTrainer, clean_response, collate_pairs, collate_sft, encode_records,
-                       example_lengths, make_preference_loss, sft_loss, training_arguments)
-
-STAGES = ("sft", "pref")
+from .training import (STAGES, ListDataset, StageTrainer, clean_response, collate_pairs, collate_sft, encode_records,
+                       example_lengths, make_preference_loss, pair_tokens, sft_loss, stage_seed, trainable_parameters,
+                       training_arguments)
 
 
 def _rank():
@@ -344,7 +342,7 @@ class ContinualLoop:
         self.progress.stage("evaluation")
         evals, generations = self.evaluate_row()
         record["eval_s"] = time.perf_counter() - t0
-        record["eval_tokens"] = sum(_pair_tokens(t.test) for t in self.tasks.values())
+        record["eval_tokens"] = sum(pair_tokens(t.test) for t in self.tasks.values())
         record["state_bytes"] = self.strategy.state_nbytes()
         record["adapter_digest"] = adapter_digest(self.model)
         if self.is_main:
@@ -363,7 +361,7 @@ class ContinualLoop:
                                 write=self.is_main)
         self.strategy.on_stage_start(self, stage)
         self.model.train()
-        seed = cfg.seed * 1000 + index * 10 + STAGES.index(stage)
+        seed = stage_seed(cfg.seed, index, stage)
         args = training_arguments(stage_cfg, self.out / "trainer", seed, self.precision,
                                   False, self.device)  # the stage's bar is self.progress's
         if stage == "sft":
@@ -405,7 +403,7 @@ class ContinualLoop:
         """One optimizer per stage kind for the whole run: its state carries over between tasks (spec
         section 2); the LR schedule restarts with each trainer. AdamW at the stage's learning rate
         unless the strategy builds its own (`Strategy.make_optimizer`)."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = list(trainable_parameters(self.model).values())
         opt = self.optimizers.get(stage)
         if opt is None or {id(p) for g in opt.param_groups for p in g["params"]} != {id(p) for p in params}:
             opt = (self.strategy.make_optimizer(self, stage, params, stage_cfg)
@@ -416,10 +414,7 @@ class ContinualLoop:
     # ---------------------------------------------------------------- save / restore
     def _save_task(self, index, name, evals, record, generations):
         final = self.task_dir(index, name)
-        tmp = final.parent / f".tmp-{final.name}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        tmp = fresh_dir(final.parent / f".tmp-{final.name}")
         self.model.save_pretrained(tmp / "adapter")  # PEFT format, for users and `lifealign eval`
         # Every LoRA matrix by its exact name (all adapters, frozen ones too): what a restart loads.
         save_file({n: p.detach().cpu().contiguous() for n, p in lora_parameters(self.model).items()},
@@ -468,7 +463,7 @@ class ContinualLoop:
             base_row = [base[t].get(metric) for t in self.order]
             k = len(matrix)
             if len(self.units) == 1 and len(self.order) > 1:  # joint training: one row, no sequence
-                summary = {"last": _mean_of(matrix[0])} if matrix else {}
+                summary = {"last": mean_of(matrix[0])} if matrix else {}
             else:
                 summary = summarize([r[:k] for r in matrix], base_row[:k]) if k else {}
             metrics[metric] = {"base": base_row, "matrix": matrix, "summary": summary}
@@ -479,7 +474,7 @@ class ContinualLoop:
         if all(m in metrics for m in ("bleu4", "rougel", "judge")):
             # The paper's AVG: the mean of BLEU-4, ROUGE-L and the judge, per summary statistic.
             parts = [metrics[m]["summary"] for m in ("bleu4", "rougel", "judge")]
-            metrics["avg"] = {"summary": {k: _mean_of([p.get(k) for p in parts]) for k in parts[0]}}
+            metrics["avg"] = {"summary": {k: mean_of([p.get(k) for p in parts]) for k in parts[0]}}
         results = {
             "name": self.cfg.name,
             "config": self.cfg.to_dict(),
@@ -517,15 +512,6 @@ class ContinualLoop:
 
 
 ALL_METRICS = METRICS + ("bleu4", "rougel", "judge")
-
-
-def _mean_of(values):
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
-
-
-def _pair_tokens(records):
-    return sum(2 * len(r["ids"]["prompt"]) + len(r["ids"]["chosen"]) + len(r["ids"]["rejected"]) for r in records)
 
 
 class _StageHooks:
