@@ -6,11 +6,20 @@ the history of refined updates.
 """
 import torch
 
-from .lora import lora_parameters
+from .lora import lora_parameters, tensor_nbytes
 
 # Singular values below this share of the largest are treated as zero: a zero or repeated update in
 # the history must not contribute arbitrary directions to the historical subspace.
 _RANK_TOL = 1e-6
+
+
+def energy_rank(singular_values, threshold):
+    """The smallest number k of leading singular directions holding >= threshold of the energy
+    (the sum of squared singular values)."""
+    energy = singular_values.square()
+    share = energy.cumsum(0) / energy.sum()
+    # Tolerance so that threshold = 1 keeps every direction despite rounding in the cumulative sum.
+    return min(int((share < threshold - 1e-9).sum().item()) + 1, singular_values.numel())
 
 
 def denoise(update, threshold=0.9):
@@ -19,14 +28,10 @@ def denoise(update, threshold=0.9):
     Returns (refined update, k). An update with ~zero energy is returned as it is (k = 0).
     """
     u, s, vh = torch.linalg.svd(update, full_matrices=False)
-    energy = s.square()
-    total = energy.sum()
+    total = s.square().sum()
     if total <= torch.finfo(update.dtype).tiny or not torch.isfinite(total):
         return update.clone(), 0
-    share = energy.cumsum(0) / total
-    # Tolerance so that threshold = 1 keeps every direction despite rounding in the cumulative sum.
-    k = int((share < threshold - 1e-9).sum().item()) + 1
-    k = min(k, s.numel())
+    k = energy_rank(s, threshold)
     return (u[:, :k] * s[:k]) @ vh[:k], k
 
 
@@ -104,7 +109,7 @@ class SLMC:
         self.threshold, self.lam, self.history = state["threshold"], state["lam"], state["history"]
 
     def nbytes(self):
-        return sum(t.numel() * t.element_size() for hist in self.history.values() for t in hist)
+        return tensor_nbytes(t for hist in self.history.values() for t in hist)
 
 
 def summarize_report(report):

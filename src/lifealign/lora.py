@@ -66,6 +66,20 @@ def adapter_parameters(model, name):
             if (".lora_A." in n or ".lora_B." in n) and n.split(".")[-2] == name}
 
 
+@torch.no_grad()
+def copy_into(params, values):
+    """Set each parameter of `params` (name -> parameter) to `values[name]`, in its own dtype and
+    device: a snapshot or a saved state put back into the model."""
+    for name, param in params.items():
+        param.copy_(values[name])
+
+
+def tensor_nbytes(tensors):
+    """Bytes the tensors hold in their stored dtype: what a method's state (adapters, snapshots,
+    statistics over LoRA matrices) adds to a run."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def lora_layers(model):
     """Every LoRA-wrapped module (a PEFT LoraLayer holds `lora_A` / `lora_B` ModuleDicts by adapter)."""
     return [m for m in model.modules() if hasattr(m, "lora_A") and isinstance(m.lora_A, torch.nn.ModuleDict)]

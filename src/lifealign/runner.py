@@ -32,7 +32,7 @@ from .generation import decoding_description, generate_responses, generation_sco
 from .integrations import trl_engine
 from .judge import Judge, JudgeConfig
 from .io import fresh_dir, read_json, replace_dir, torch_save, write_json
-from .lora import add_lora, lora_parameters
+from .lora import add_lora, copy_into, lora_parameters
 from .losses import PREFERENCE_LOSSES
 from .machine import cache_root, machine_description, pick_precision
 from .metrics import mean_of, summarize
@@ -439,9 +439,7 @@ class ContinualLoop:
         params = lora_parameters(self.model)
         if set(weights) != set(params):
             raise RuntimeError(f"{task_dir}/lora.safetensors does not match the model's LoRA matrices")
-        with torch.no_grad():
-            for name, value in weights.items():
-                params[name].copy_(value)
+        copy_into(params, weights)
         for stage, opt_state in state["optimizers"].items():
             self._optimizer(stage, getattr(self.cfg, stage)).load_state_dict(opt_state)
         torch.set_rng_state(state["rng"]["torch"])

@@ -61,6 +61,7 @@ import random
 import torch
 
 from ..config import MethodConfig as DEFAULTS
+from ..lora import tensor_nbytes
 from ..training import stage_seed, trainable_parameters
 from . import register
 from .base import Plugin, Strategy
@@ -211,7 +212,7 @@ class EWCPlugin(Plugin):
             self._device_cache = None
 
     def state_nbytes(self):
-        return sum(t.numel() * t.element_size() for d in (self.fisher, self.anchor) for t in d.values())
+        return tensor_nbytes(t for d in (self.fisher, self.anchor) for t in d.values())
 
 
 @register("ewc", replay=False)

@@ -83,7 +83,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import MethodConfig as DEFAULTS
-from ..lora import lora_parameters
+from ..lora import lora_parameters, tensor_nbytes
 from . import register
 from .base import Plugin, Strategy
 
@@ -377,7 +377,7 @@ class L2P(Plugin):
     def state_nbytes(self):
         if self.pool is None:
             return 0
-        return sum(p.numel() * p.element_size() for p in self.pool.parameters())
+        return tensor_nbytes(self.pool.parameters())
 
 
 @register("l2p", replay=False)

@@ -53,7 +53,7 @@ replaced by this project's SFT -> DPO/FPO pipeline.
 """
 import torch
 
-from ..lora import adapter_parameters, keep_fp32, lora_config, lora_layers
+from ..lora import adapter_parameters, keep_fp32, lora_config, lora_layers, tensor_nbytes
 from . import register
 from .base import Plugin, Strategy
 
@@ -179,8 +179,7 @@ class OLoRA(Plugin):
         model = getattr(self, "_model", None)
         if model is None or len(self.adapters) < 2:
             return 0
-        return sum(p.numel() * p.element_size() for name in self.adapters[:-1]
-                   for p in adapter_parameters(model, name).values())
+        return tensor_nbytes(p for name in self.adapters[:-1] for p in adapter_parameters(model, name).values())
 
 
 @register("olora", replay=False)

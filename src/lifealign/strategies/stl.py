@@ -23,9 +23,7 @@ model of task B at position i is identical to the one of any other STL run with 
 Difference from the authors' setup: they trained separate models; one reset run is equivalent
 (same initialisation, fresh optimizer, restarted schedule) and cheaper to manage.
 """
-import torch
-
-from ..lora import lora_parameters
+from ..lora import copy_into, lora_parameters, tensor_nbytes
 from . import register
 from .base import Plugin, Strategy
 
@@ -43,9 +41,7 @@ class STLReset(Plugin):
                 raise RuntimeError("STL: no snapshot of the initial LoRA matrices (state missing on resume)")
             self.initial = {n: p.detach().cpu().clone() for n, p in params.items()}
             return
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(self.initial[n].to(p.device, p.dtype))
+        copy_into(params, self.initial)
         loop.reset_optimizers()
 
     def state_dict(self):
@@ -56,7 +52,7 @@ class STLReset(Plugin):
             self.initial = state["initial"]
 
     def state_nbytes(self):
-        return sum(t.numel() * t.element_size() for t in (self.initial or {}).values())
+        return tensor_nbytes((self.initial or {}).values())
 
 
 @register("stl", replay=False)
