@@ -6,7 +6,6 @@ and --out for where its JSON goes (default benchmarks/results/<name>.json). The 
 "name", "args", "machine" (CPU model, cores, threads, versions, peak RSS of the process).
 """
 import argparse
-import importlib.metadata
 import json
 import os
 import platform
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 
 from lifealign import data as data_mod
-from lifealign.machine import BF16_FLAGS, machine_description
+from lifealign.machine import BF16_FLAGS, machine_description, versions
 from lifealign.models import SMOLLM2, TINY, load_model
 # pair_tokens: the count the continual loop reports as eval_tokens, so the benchmarks' tokens/s and
 # a run's compare.
@@ -112,13 +111,6 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
-def _version(pkg):
-    try:
-        return importlib.metadata.version(pkg)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def machine_info():
     """`lifealign.machine.machine_description` (what a run records), with the cores, versions and
     peak memory of this process."""
@@ -131,7 +123,7 @@ def machine_info():
         "cpu_bf16": [flag for flag in described["cpu_flags"] if flag in BF16_FLAGS],
         "cuda": described.get("gpu"),
         "python": platform.python_version(),
-        "versions": {pkg: _version(pkg) for pkg in ("torch", "transformers", "peft", "trl", "accelerate")},
+        "versions": versions(("torch", "transformers", "peft", "trl", "accelerate")),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

@@ -3,12 +3,15 @@
 * :func:`machine_description` -- the CPU model, its kernel-relevant flags, torch's thread count
   and, on CUDA, the GPU: what ``results.json`` and the benchmarks record.
 * :func:`pick_precision` -- bf16 or fp32 for a device (``$LIFEALIGN_PRECISION`` overrides).
+* :func:`versions` -- Python's and the main packages' versions.
 * :func:`cache_root` -- ``$LIFEALIGN_CACHE`` or ``~/.cache/lifealign``.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import platform
 from pathlib import Path
 
 import torch
@@ -54,6 +57,17 @@ def machine_description(device: str = "cpu") -> dict:
     if str(device).startswith("cuda") and torch.cuda.is_available():
         description["gpu"] = torch.cuda.get_device_name()
     return description
+
+
+def versions(packages=("lifealign", "torch", "transformers", "peft", "trl", "accelerate")) -> dict:
+    """Python's version and each package's installed version (None where it is not installed)."""
+    out = {"python": platform.python_version()}
+    for package in packages:
+        try:
+            out[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            out[package] = None
+    return out
 
 
 def pick_precision(device: str = "cpu") -> str:

@@ -12,10 +12,8 @@ place atomically with its adapter, strategy state, optimizer and RNG state and i
 """
 import contextlib
 import hashlib
-import importlib.metadata
 import json
 import os
-import platform
 import random
 import time
 import warnings
@@ -34,7 +32,7 @@ from .judge import Judge, JudgeConfig
 from .io import fresh_dir, read_json, replace_dir, torch_save, write_json
 from .lora import add_lora, copy_into, lora_parameters
 from .losses import PREFERENCE_LOSSES
-from .machine import cache_root, machine_description, pick_precision
+from .machine import cache_root, machine_description, pick_precision, versions
 from .metrics import mean_of, summarize
 from .models import freeze_base_in_bf16, load_model, model_fingerprint
 from .progress import RunProgress, after_stage_label, task_stages
@@ -53,16 +51,6 @@ def _rank():
 def _barrier():
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
-
-
-def _versions():
-    out = {"python": platform.python_version()}
-    for pkg in ("lifealign", "torch", "transformers", "peft", "trl", "accelerate"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 def adapter_digest(model):
@@ -489,7 +477,7 @@ class ContinualLoop:
             "decoding": self.decoding() if self.cfg.eval.generation else None,
             "training": [tr for _, tr in rows],
             "timings": self.timings,
-            "versions": _versions(),
+            "versions": versions(),
             "run_code_version": RUN_CODE_VERSION,
             "machine": machine_description(self.device),
             "world_size": self.world_size,
