@@ -25,7 +25,7 @@ import common
 from hardware_limit import matmul_gflops
 from lifealign.config import StageConfig
 from lifealign.losses import fpo_loss
-from lifealign.models import add_lora
+from lifealign.lora import add_lora
 from lifealign.reference import ReferenceCache
 from lifealign.training import (ListDataset, StageTrainer, collate_pairs, example_lengths, make_preference_loss,
                                 training_arguments)

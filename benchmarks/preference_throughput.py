@@ -40,7 +40,8 @@ import torch  # noqa: E402
 import common  # noqa: E402
 from lifealign.config import StageConfig  # noqa: E402
 from lifealign.losses import dpo_loss  # noqa: E402
-from lifealign.models import add_lora, pick_precision  # noqa: E402
+from lifealign.lora import add_lora  # noqa: E402
+from lifealign.machine import pick_precision  # noqa: E402
 from lifealign.reference import ReferenceCache  # noqa: E402
 from lifealign.training import (ListDataset, StageTrainer, clean_response, collate_pairs, encode_records,  # noqa: E402
                                 example_lengths, make_preference_loss, training_arguments)

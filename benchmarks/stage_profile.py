@@ -15,7 +15,8 @@ from torch.profiler import ProfilerActivity, profile
 import common
 from lifealign.config import StageConfig
 from lifealign.losses import dpo_loss
-from lifealign.models import add_lora, pick_precision
+from lifealign.lora import add_lora
+from lifealign.machine import pick_precision
 from lifealign.reference import ReferenceCache
 from lifealign.training import (ListDataset, StageTrainer, collate_pairs, encode_records, example_lengths,
                                 make_preference_loss, training_arguments)

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "src"))  # the book builds from a checkout, instal
 
 from lifealign import report  # noqa: E402
 from lifealign.config import ConfigError, load_config  # noqa: E402
-from lifealign.data import DERIVED_TEST_FRACTION, ORDERS, TASKS  # noqa: E402
+from lifealign.data import DERIVED_TEST_FRACTION, ORDERS, TASKS, short_name as short  # noqa: E402
 from lifealign.metrics import summarize  # noqa: E402
 from lifealign.pipeline import GROUPS, active_profile, grid, load_params  # noqa: E402
 
@@ -96,10 +96,6 @@ def write(name, text):
 
 def num(value, digits=2):
     return "–" if value is None else f"{value:,.{digits}f}"
-
-
-def short(task):
-    return TASKS[task].short if task in TASKS else task
 
 
 def order_text(order):

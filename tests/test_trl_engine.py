@@ -8,7 +8,8 @@ from lifealign.cli import main
 from lifealign.config import ConfigError, load_config
 from lifealign.integrations import trl_engine
 from lifealign.losses import fpo_loss
-from lifealign.models import add_lora, build_tiny_model
+from lifealign.lora import add_lora
+from lifealign.models import build_tiny_model
 from lifealign.pipeline import _comparable
 from lifealign.strategies import build_strategy
 from lifealign.training import collate_pairs, encode_records, make_preference_loss

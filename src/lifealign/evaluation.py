@@ -20,7 +20,8 @@ from .config import ConfigError
 from .generation import decoding_description, generate_responses, generation_scores
 from .io import read_json, write_json
 from .judge import Judge, JudgeConfig
-from .models import cache_root
+from .losses import dpo_margin
+from .machine import cache_root
 from .reference import pair_key, score_pairs
 from .training import clean_response
 
@@ -36,7 +37,7 @@ def preference_scores(policy, reference, beta=0.1):
     pc, pr, nc, nr = policy.double().unbind(1)
     rc, rr = reference.double().unbind(1)
     nc, nr = nc.clamp(min=1), nr.clamp(min=1)
-    margin = beta * ((pc - rc) - (pr - rr))
+    margin = dpo_margin(pc, pr, rc, rr, beta)
     return {
         "reward_accuracy": _accuracy(margin),
         "margin": float(margin.mean()),

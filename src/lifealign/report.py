@@ -20,8 +20,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data import ORDERS, TASKS
+from .data import ORDERS, short_name as task_label
 from .io import write_text
+from .metrics import mean_of
 from .run_code import RUN_CODE_VERSION
 
 # Our matrices: judge-free (every run) and the generation metrics the paper also reports.
@@ -134,11 +135,6 @@ def stats(values):
     mean = sum(values) / n
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
     return {"mean": mean, "sd": sd, "n": n, "values": values}
-
-
-def mean_of(values):
-    """The mean of the non-missing values, None if there are none (stats' mean)."""
-    return stats(list(values))["mean"]
 
 
 def methods_of(runs):
@@ -696,11 +692,6 @@ def numbers(runs, metric="reward_accuracy"):
 
 
 # ---------------------------------------------------------------- figures
-def task_label(name):
-    task = TASKS.get(name)
-    return task.short if task else name
-
-
 def _style():
     """seaborn's theme for every figure of the report: readable at the book's page width."""
     import seaborn as sns

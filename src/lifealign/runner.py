@@ -12,12 +12,9 @@ place atomically with its adapter, strategy state, optimizer and RNG state and i
 """
 import contextlib
 import hashlib
-import importlib.metadata
 import json
 import os
-import platform
 import random
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -28,22 +25,21 @@ from safetensors.torch import load_file, save_file
 
 from . import data as data_mod
 from .config import ConfigError, config_from_dict, parse_override, set_path
-from .consolidation import lora_parameters
 from .evaluation import RowEvaluator
 from .integrations import trl_engine
-from .io import read_json, replace_dir, torch_save, write_json
+from .io import fresh_dir, read_json, replace_dir, torch_save, write_json
+from .lora import add_lora, copy_into, lora_parameters
 from .losses import PREFERENCE_LOSSES
+from .machine import cache_root, machine_description, pick_precision, versions
 from .metrics import format_summary, run_metrics  # noqa: F401  (format_summary: lifealign.runner's API)
-from .models import add_lora, cache_root, freeze_base_in_bf16, load_model, machine_description, model_fingerprint, \
-    pick_precision
+from .models import freeze_base_in_bf16, load_model, model_fingerprint
 from .progress import RunProgress, after_stage_label, task_stages
 from .reference import ReferenceCache, autocast
 from .run_code import RUN_CODE_VERSION
 from .strategies import build_strategy
-from .training import (ListDataset, StageTrainer, collate_pairs, collate_sft, encode_records, example_lengths,
-                       make_preference_loss, pair_tokens, sft_loss, training_arguments)
-
-STAGES = ("sft", "pref")
+from .training import (STAGES, ListDataset, StageTrainer, collate_pairs, collate_sft, encode_records,
+                       example_lengths, make_preference_loss, pair_tokens, sft_loss, stage_seed, trainable_parameters,
+                       training_arguments)
 
 
 def _rank():
@@ -53,16 +49,6 @@ def _rank():
 def _barrier():
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
-
-
-def _versions():
-    out = {"python": platform.python_version()}
-    for pkg in ("lifealign", "torch", "transformers", "peft", "trl", "accelerate"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 def adapter_digest(model):
@@ -264,7 +250,7 @@ class ContinualLoop:
                                 write=self.is_main)
         self.strategy.dispatch("on_stage_start", self, stage)
         self.model.train()
-        seed = cfg.seed * 1000 + index * 10 + STAGES.index(stage)
+        seed = stage_seed(cfg.seed, index, stage)
         args = training_arguments(stage_cfg, self.out / "trainer", seed, self.precision,
                                   False, self.device)  # the stage's bar is self.progress's
         if stage == "sft":
@@ -307,7 +293,7 @@ class ContinualLoop:
         """One optimizer per stage kind for the whole run: its state carries over between tasks; the
         LR schedule restarts with each trainer. AdamW at the stage's learning rate
         unless the strategy builds its own (`Strategy.make_optimizer`)."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = list(trainable_parameters(self.model).values())
         opt = self.optimizers.get(stage)
         if opt is None or {id(p) for g in opt.param_groups for p in g["params"]} != {id(p) for p in params}:
             opt = (self.strategy.make_optimizer(self, stage, params, stage_cfg)
@@ -318,10 +304,7 @@ class ContinualLoop:
     # ---------------------------------------------------------------- save / restore
     def _save_task(self, index, name, evals, record, generations):
         final = self.task_dir(index, name)
-        tmp = final.parent / f".tmp-{final.name}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        tmp = fresh_dir(final.parent / f".tmp-{final.name}")
         self.model.save_pretrained(tmp / "adapter")  # PEFT format, for users and `lifealign eval`
         # Every LoRA matrix by its exact name (all adapters, frozen ones too): what a restart loads.
         save_file({n: p.detach().cpu().contiguous() for n, p in lora_parameters(self.model).items()},
@@ -347,9 +330,7 @@ class ContinualLoop:
         params = lora_parameters(self.model)
         if set(weights) != set(params):
             raise RuntimeError(f"{task_dir}/lora.safetensors does not match the model's LoRA matrices")
-        with torch.no_grad():
-            for name, value in weights.items():
-                params[name].copy_(value)
+        copy_into(params, weights)
         for stage, opt_state in state["optimizers"].items():
             self._optimizer(stage, getattr(self.cfg, stage)).load_state_dict(opt_state)
         torch.set_rng_state(state["rng"]["torch"])
@@ -382,7 +363,7 @@ class ContinualLoop:
             "decoding": self.evaluator.decoding() if self.cfg.eval.generation else None,
             "training": [tr for _, tr in rows],
             "timings": self.timings,
-            "versions": _versions(),
+            "versions": versions(),
             "run_code_version": RUN_CODE_VERSION,
             "machine": machine_description(self.device),
             "world_size": self.world_size,

@@ -77,7 +77,7 @@ import warnings
 
 import torch
 
-from ..consolidation import lora_parameters
+from ..lora import copy_into, lora_parameters
 from ..reference import score_pairs
 from . import register
 from .base import Plugin, Strategy
@@ -175,17 +175,13 @@ class CPPOPlugin(Plugin):
         current = None
         if self._snapshot is not None:
             current = {n: p.detach().clone() for n, p in params.items()}
-            with torch.no_grad():
-                for n, p in params.items():
-                    p.copy_(self._snapshot[n])
+            copy_into(params, self._snapshot)
         try:
             scores = score_pairs(model, loop.stage_records, loop.pad_id, loop.cfg.eval.batch_size,
                                  loop.precision, use_adapter=True, share_prompt=loop.strategy.share_prompt)
         finally:
             if current is not None:
-                with torch.no_grad():
-                    for n, p in params.items():
-                        p.copy_(current[n])
+                copy_into(params, current)
         for rec, row in zip(loop.stage_records, scores):
             rec["old"] = (float(row[0]), float(row[1]))
         self._snapshot = None  # only needed until pi_old is scored

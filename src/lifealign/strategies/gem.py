@@ -69,10 +69,10 @@ import numpy as np
 import torch
 
 from ..config import MethodConfig as DEFAULTS
+from ..training import STAGES, trainable_parameters
 from . import register
 from .base import Plugin, Strategy, records_nbytes
 
-STAGE_INDEX = {"sft": 0, "pref": 1}
 RIDGE = 1e-8
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -113,10 +113,6 @@ def gem_project(g, G, margin=0.5, ridge=RIDGE):
 
 
 # ---------------------------------------------------------------- gradients
-def trainable(model):
-    return [p for p in model.parameters() if p.requires_grad]
-
-
 def flat_grad(params):
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
                       for p in params])
@@ -192,7 +188,7 @@ class EpisodicMemory(Plugin):
         self._stats["steps"] += 1
         if not earlier:
             return
-        params = trainable(loop.model)
+        params = list(trainable_parameters(loop.model).values())
         g = flat_grad(params)
         chunk = max(int(getattr(loop.cfg, stage).batch_size), 1)
 
@@ -251,7 +247,7 @@ class AGEMPlugin(EpisodicMemory):
         pool = [rec for records in earlier.values() for rec in records]
         if len(pool) <= self.sample_size:
             return pool
-        rng = np.random.default_rng([self.seed, loop.task_index or 0, STAGE_INDEX.get(stage, 9), self._stats["steps"]])
+        rng = np.random.default_rng([self.seed, loop.task_index or 0, STAGES.index(stage), self._stats["steps"]])
         return [pool[i] for i in sorted(rng.choice(len(pool), self.sample_size, replace=False))]
 
     def project(self, loop, stage, g, earlier, grad_on):

@@ -83,6 +83,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import MethodConfig as DEFAULTS
+from ..lora import lora_parameters, tensor_nbytes
 from . import register
 from .base import Plugin, Strategy
 
@@ -153,7 +154,6 @@ class L2P(Plugin):
         self.key_lambda = key_lambda
         self.lr = float(lr)
         self.seed = seed
-        self.enabled = True          # a switch for tests; the PEFT adapter switches are what count
         self.pool = None
         self.index = PromptIndex()
         self._loaded = None
@@ -203,9 +203,8 @@ class L2P(Plugin):
         """Only the pool trains. Needed again at every stage start: leaving `model.disable_adapter()`
         (the runner's reference pass before each preference stage) makes the active LoRA adapter
         trainable again (peft's BaseTunerLayer.enable_adapters calls set_adapter)."""
-        for n, p in model.named_parameters():
-            if "lora_" in n:
-                p.requires_grad_(False)
+        for p in lora_parameters(model).values():
+            p.requires_grad_(False)
         for p in self.pool.parameters():
             p.requires_grad_(True)
 
@@ -216,7 +215,7 @@ class L2P(Plugin):
                     self.index.add(rec["ids"]["prompt"])
 
     def active(self):
-        if not self.enabled or self.pool is None:
+        if self.pool is None:
             return False
         peft_model = self._peft()
         if peft_model is not None and getattr(peft_model, "_adapters_disabled", False):
@@ -378,7 +377,7 @@ class L2P(Plugin):
     def state_nbytes(self):
         if self.pool is None:
             return 0
-        return sum(p.numel() * p.element_size() for p in self.pool.parameters())
+        return tensor_nbytes(self.pool.parameters())
 
 
 @register("l2p", replay=False)

@@ -7,6 +7,12 @@ when over the cap. The whole buffer is replayed with every later task (the train
 from .base import Plugin, records_nbytes
 
 
+def rows_joining(n_rows, fraction, cap, buffered):
+    """How many of a task's `n_rows` (the first ones, in file order) join a buffer that holds
+    `buffered` rows: `fraction` of them, as far as the cap leaves room."""
+    return min(int(n_rows * fraction), max(cap - buffered, 0))
+
+
 class Replay(Plugin):
     name = "replay"
 
@@ -18,8 +24,7 @@ class Replay(Plugin):
     def training_records(self, loop, stage, task, records):
         buffer = self.buffers.setdefault(stage, [])
         training_set = list(records) + list(buffer)
-        new_rows = records[: int(len(records) * self.fraction)]
-        buffer.extend(new_rows[: max(self.cap - len(buffer), 0)])
+        buffer.extend(records[: rows_joining(len(records), self.fraction, self.cap, len(buffer))])
         return training_set
 
     def state_dict(self):
