@@ -4,13 +4,25 @@ Separate buffers for the SFT and the preference stage. When task t's training se
 the FIRST `fraction` of D_t's rows in file order join the buffer; the buffer keeps its oldest rows
 when over the cap. The whole buffer is replayed with every later task (the trainer shuffles).
 """
+from pydantic import Field
+
+from ..options import Float, Options
 from .base import Plugin, records_nbytes
+
+
+class ReplayOptions(Options):
+    replay_fraction: Float = Field(0.2, ge=0, le=1)  # the share of each task's rows that joins the buffer
+    replay_cap: int = Field(3000, ge=0)              # rows per buffer
+
+
+DEFAULTS = ReplayOptions()
 
 
 class Replay(Plugin):
     name = "replay"
+    options = ReplayOptions
 
-    def __init__(self, fraction=0.2, cap=3000):
+    def __init__(self, fraction=DEFAULTS.replay_fraction, cap=DEFAULTS.replay_cap):
         self.fraction = fraction
         self.cap = cap
         self.buffers = {"sft": [], "pref": []}
