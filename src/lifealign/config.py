@@ -1,7 +1,5 @@
 """Run configuration: pydantic models read from YAML, overridable with `--set key=value`. Every key has
-a default; a wrong key or value is an error naming the dotted key (and the file) and what is allowed.
-The `method` section: the keys every method shares (`MethodOptions`), each plugin's own (`Plugin.options`).
-"""
+a default; a wrong key or value is an error naming the dotted key (and the file) and what is allowed."""
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
@@ -46,8 +44,7 @@ class StageConfig(Options):
     max_grad_norm: Float = Field(1.0, ge=0)
 
 
-class MethodOptions(Options):
-    """The `method` keys every method shares; each plugin adds its own (`Plugin.options`)."""
+class MethodOptions(Options):  # the `method` keys every method shares; each plugin adds its own options
     name: Literal[tuple(sorted(METHODS))] = "lifealign"
     loss: Literal[None, "dpo", "fpo"] = None  # None: the method's own
     replay: bool | None = None                # None: the method's own
@@ -71,7 +68,7 @@ class EvalConfig(Options):
     judge_api_key_env: str = "LIFEALIGN_JUDGE_API_KEY"  # the key itself never enters the config
 
 
-# The `method` section: MethodOptions and every plugin's options, each key declared by one of them.
+# The `method` section: MethodOptions and every plugin's options (Plugin.options), each key declared once.
 _PLUGIN_OPTIONS = list(dict.fromkeys(p.options for p in PLUGINS if p.options is not None))
 MethodConfig = create_model("MethodConfig", __base__=(*reversed(_PLUGIN_OPTIONS), MethodOptions), __module__=__name__)
 if len(MethodConfig.model_fields) < sum(len(m.model_fields) for m in (MethodOptions, *_PLUGIN_OPTIONS)):
@@ -110,10 +107,8 @@ def _locate(loc):
 
 
 def _choices(annotation):
-    """The values of the Literal in an annotation (also inside list[...] or a union), else None."""
-    if get_origin(annotation) is Literal:
-        return list(get_args(annotation))
-    return next((c for arg in get_args(annotation) if (c := _choices(arg)) is not None), None)
+    """The values of a Literal annotation, or of the Literal items of a list[...]."""
+    return list(get_args(annotation)) if get_origin(annotation) is Literal else _choices(get_args(annotation)[0])
 
 
 def _message(error):
@@ -142,13 +137,12 @@ def parse_override(text):
 
 def set_path(tree, key, value):
     """Set tree['a']['b'] = value for key 'a.b', creating sections as needed."""
-    parts = key.split(".")
-    node = tree
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
+    *sections, last = key.split(".")
+    for part in sections:
+        tree = tree.setdefault(part, {})
+        if not isinstance(tree, dict):
             raise ConfigError(f"--set {key}: {part} is not a section")
-    node[parts[-1]] = value
+    tree[last] = value
 
 
 def load_config(path=None, overrides=()):

@@ -9,9 +9,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 def yaml_number(value):
     """YAML 1.1 reads 1e-4 (no dot) as a string and 2 as an int: as a float key's value, floats."""
-    if isinstance(value, int | str) and not isinstance(value, bool):
-        with contextlib.suppress(ValueError):
-            return float(value)
+    with contextlib.suppress(ValueError):  # a string that is no number stays a string (and an error)
+        return float(value) if isinstance(value, int | str) and not isinstance(value, bool) else value
     return value
 
 
