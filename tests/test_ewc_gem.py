@@ -139,7 +139,7 @@ def test_ewc_task_scope_anchors_once_per_task_and_sums_both_stages_fishers():
     """The default scope: no consolidation at a stage's end; at the task's end F gains the Fisher of
     each stage (its own loss and records, at the task-end parameters) and theta* = the task-end
     parameters. The preference stage of a task is therefore not anchored at its own SFT end."""
-    assert EWCPlugin().scope == MethodConfig.ewc_scope == "task"
+    assert EWCPlugin().scope == MethodConfig().ewc_scope == "task"
     model = ToyLoRA()
     params = trainable_parameters(model)
     plugin = EWCPlugin(lam=2.0, fisher_samples=4, seed=0)
@@ -327,7 +327,7 @@ def test_the_papers_optimizer_sgd_steps_by_minus_lr_times_the_projected_gradient
 def test_projection_optimizer_options_reach_the_plugins():
     for name in ("gem", "agem"):
         plugin = build_strategy(load_config(None, [f"method.name={name}"])).plugins[0]
-        assert (plugin.optimizer, plugin.sgd_lr) == ("sgd", MethodConfig.sgd_lr)
+        assert (plugin.optimizer, plugin.sgd_lr) == ("sgd", MethodConfig().sgd_lr)
         plugin = build_strategy(load_config(None, [f"method.name={name}", "method.projection_optimizer=adamw",
                                                    "method.sgd_lr=0.5"])).plugins[0]
         assert (plugin.optimizer, plugin.sgd_lr) == ("adamw", 0.5)

@@ -10,9 +10,7 @@ place atomically with its adapter, strategy state, optimizer and RNG state and i
                              generations.json
       results.json           rebuilt after every task
 """
-import contextlib
 import hashlib
-import json
 import os
 import random
 import time

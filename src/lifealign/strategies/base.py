@@ -23,7 +23,8 @@ Hooks see the loop (`lifealign.runner.ContinualLoop`): `loop.model` (the PEFT mo
 `loop.stage_loss(model, batch) -> (loss, outputs)` and `loop.collate(records) -> batch`.
 
 A method is a `Strategy`: a preference loss and a list of plugins that implement some of these
-hooks. A new method is a new file that registers a builder in `METHODS`.
+hooks. A new method is a new file that registers a builder in `METHODS`. A plugin's settings are
+its `options`: keys of the config's `method` section, declared once with their defaults.
 """
 
 
@@ -37,13 +38,23 @@ def records_nbytes(records):
     return total
 
 
+PLUGINS = []  # every Plugin subclass in definition order: lifealign.config reads their options
+
+
 class Plugin:
     """A piece of a continual-learning method. Every hook is optional."""
 
     name = "plugin"
+    # The plugin's keys of the config's `method` section (a lifealign.options.Options model, or None):
+    # their types, allowed values and defaults, which the plugin's constructor defaults also read.
+    options = None
     # A plugin that rewrites the model's inputs (L2P prepends prompts) needs one plain sequence per
     # response; the others let a pair's two sequences share one row with the prompt computed once.
     rewrites_inputs = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        PLUGINS.append(cls)
 
     def on_task_start(self, loop, task):
         pass

@@ -57,16 +57,28 @@ stage instead of accumulating it; we accumulate (online EWC) as both papers defi
 after every stage ("stage" scope here); the default here is once per task, as EWC defines.
 """
 import random
+from typing import Literal
 
 import torch
+from pydantic import Field
 
-from ..config import MethodConfig as DEFAULTS
 from ..lora import tensor_nbytes
+from ..options import Float, Options
 from ..training import stage_seed, trainable_parameters
 from . import register
 from .base import Plugin, Strategy
 
 SCOPES = ("task", "stage")
+
+
+class EWCOptions(Options):  # described above
+    ewc_lambda: Float = Field(1e4, ge=0)       # penalty weight
+    ewc_gamma: Float = Field(1.0, ge=0, le=1)  # online decay of the accumulated Fisher
+    ewc_fisher_samples: int = Field(64, ge=1)  # examples per Fisher
+    ewc_scope: Literal[SCOPES] = "task"        # when to consolidate
+
+
+DEFAULTS = EWCOptions()
 
 
 def ewc_penalty(params, fisher, anchor, lam):
@@ -113,8 +125,10 @@ def empirical_fisher(model, params, examples, collate, stage_loss, autocast):
 
 class EWCPlugin(Plugin):
     name = "ewc"
+    options = EWCOptions
 
-    def __init__(self, lam=1e4, gamma=1.0, fisher_samples=64, seed=0, scope=DEFAULTS.ewc_scope):
+    def __init__(self, lam=DEFAULTS.ewc_lambda, gamma=DEFAULTS.ewc_gamma, fisher_samples=DEFAULTS.ewc_fisher_samples,
+                 seed=0, scope=DEFAULTS.ewc_scope):
         if scope not in SCOPES:
             raise ValueError(f"ewc_scope {scope!r}: allowed values {SCOPES}")
         self.scope = scope

@@ -65,16 +65,30 @@ average (0.9 / 0.1) of its own training gradients; it projected each parameter t
 solved the QP with qpth (margin 0.1 by default, a ridge of 1.0 when P is not positive definite),
 and stepped with the trainer's AdamW.
 """
+from typing import Literal
+
 import numpy as np
 import torch
+from pydantic import Field
 
-from ..config import MethodConfig as DEFAULTS
+from ..options import Float, Options
 from ..training import STAGES, trainable_parameters
 from . import register
 from .base import Plugin, Strategy, records_nbytes
 
 RIDGE = 1e-8
 OPTIMIZERS = ("sgd", "adamw")
+
+
+class GEMOptions(Options):  # GEM's and A-GEM's, described above
+    gem_memory_size: int = Field(16, ge=1)             # records per task and stage
+    gem_margin: Float = Field(0.5, ge=0)               # GEM's QP margin
+    agem_sample_size: int = Field(16, ge=1)            # A-GEM's reference sample
+    projection_optimizer: Literal[OPTIMIZERS] = "sgd"  # applies the projected gradient
+    sgd_lr: Float = Field(0.1, gt=0)                   # both stages (measured in docs/baselines.md)
+
+
+DEFAULTS = GEMOptions()
 
 
 # ---------------------------------------------------------------- projections (pure functions)
@@ -89,7 +103,7 @@ def agem_project(g, g_ref):
     return (g.double() - (dot / denom) * g_ref.double()).to(g.dtype), True
 
 
-def gem_project(g, G, margin=0.5, ridge=RIDGE):
+def gem_project(g, G, margin=DEFAULTS.gem_margin, ridge=RIDGE):
     """GEM: g if G g >= 0, else G^T v + g with v the solution of the dual QP
     min 1/2 v^T (G G^T) v + (G g)^T v s.t. v >= margin. G: (t, p) rows of memory gradients."""
     import quadprog
@@ -158,8 +172,9 @@ class EpisodicMemory(Plugin):
     """Shared part of GEM and A-GEM: the per-task, per-stage memories and the hook plumbing."""
 
     name = "gem"
+    options = GEMOptions
 
-    def __init__(self, memory_size=16, seed=0, optimizer=DEFAULTS.projection_optimizer,
+    def __init__(self, memory_size=DEFAULTS.gem_memory_size, seed=0, optimizer=DEFAULTS.projection_optimizer,
                  sgd_lr=DEFAULTS.sgd_lr):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"projection optimizer {optimizer!r}: allowed values {OPTIMIZERS}")
@@ -225,8 +240,8 @@ class EpisodicMemory(Plugin):
 class GEMPlugin(EpisodicMemory):
     name = "gem"
 
-    def __init__(self, memory_size=16, margin=0.5, seed=0, optimizer=DEFAULTS.projection_optimizer,
-                 sgd_lr=DEFAULTS.sgd_lr):
+    def __init__(self, memory_size=DEFAULTS.gem_memory_size, margin=DEFAULTS.gem_margin, seed=0,
+                 optimizer=DEFAULTS.projection_optimizer, sgd_lr=DEFAULTS.sgd_lr):
         super().__init__(memory_size, seed, optimizer, sgd_lr)
         self.margin = float(margin)
 
@@ -238,8 +253,8 @@ class GEMPlugin(EpisodicMemory):
 class AGEMPlugin(EpisodicMemory):
     name = "agem"
 
-    def __init__(self, memory_size=16, sample_size=16, seed=0, optimizer=DEFAULTS.projection_optimizer,
-                 sgd_lr=DEFAULTS.sgd_lr):
+    def __init__(self, memory_size=DEFAULTS.gem_memory_size, sample_size=DEFAULTS.agem_sample_size, seed=0,
+                 optimizer=DEFAULTS.projection_optimizer, sgd_lr=DEFAULTS.sgd_lr):
         super().__init__(memory_size, seed, optimizer, sgd_lr)
         self.sample_size = int(sample_size)
 

@@ -52,8 +52,10 @@ Its instruction-tuning setup (T5 / LLaMA on classification tasks with a task-ins
 replaced by this project's SFT -> DPO/FPO pipeline.
 """
 import torch
+from pydantic import Field
 
 from ..lora import adapter_parameters, keep_fp32, lora_config, lora_layers, tensor_nbytes
+from ..options import Float, Options
 from . import register
 from .base import Plugin, Strategy
 
@@ -87,10 +89,19 @@ def adapter_pairs(model, adapters):
     return pairs
 
 
+class OLoRAOptions(Options):  # described above
+    olora_lambda_orth: Float = Field(0.1, ge=0)  # weight of sum |A_s A_t^T|
+    olora_lambda_l2: Float = Field(0.0, ge=0)    # weight of ||new adapter||^2
+
+
+DEFAULTS = OLoRAOptions()
+
+
 class OLoRA(Plugin):
     name = "olora"
+    options = OLoRAOptions
 
-    def __init__(self, lambda_orth=0.1, lambda_l2=0.0):
+    def __init__(self, lambda_orth=DEFAULTS.olora_lambda_orth, lambda_l2=DEFAULTS.olora_lambda_l2):
         self.lambda_orth = lambda_orth
         self.lambda_l2 = lambda_l2
         self.adapters = []          # adapter names in task order; the last one is trained
