@@ -92,12 +92,12 @@ def summarize(name, res):
 def markdown(doc):
     """The book's page: one row per probe, each task's score after its own training (with its binomial
     standard error) and at the end of the sequence."""
-    from lifealign.data import TASKS
+    from lifealign.data import short_name
 
     lines = ["| probe | what changes | pairs (train / test) | BWT | largest drop "
              "| each task: after its training (se) → at the end |", "|---|---|---|---|---|---|"]
     for p in doc["probes"].values():
-        cells = "; ".join(f"{TASKS[t['task']].short} {t['diagonal']:.0f} (se {t['diagonal_se']:.0f}) → "
+        cells = "; ".join(f"{short_name(t['task'])} {t['diagonal']:.0f} (se {t['diagonal_se']:.0f}) → "
                           f"{t['final']:.0f}" for t in p["tasks"])
         drop = "–" if p["largest_drop"] is None else f"{p['largest_drop']:+.2f}"
         lines.append(f"| `{p['probe']}` | {p['what']} | {p['n_train']} / {p['n_test']} | {p['bwt']:+.2f} | {drop} "

@@ -6,7 +6,6 @@ and --out for where its JSON goes (default benchmarks/results/<name>.json). The 
 "name", "args", "machine" (CPU model, cores, threads, versions, peak RSS of the process).
 """
 import argparse
-import importlib.metadata
 import json
 import os
 import platform
@@ -19,11 +18,11 @@ from pathlib import Path
 import torch
 
 from lifealign import data as data_mod
-from lifealign.models import SMOLLM2, TINY, _cpu_flags, load_model
-# Non-pad tokens of prompt+chosen and prompt+rejected over encoded records: the count the continual
-# loop reports as eval_tokens, so the benchmarks' tokens/s and a run's compare.
-from lifealign.runner import _pair_tokens as pair_tokens  # noqa: F401
-from lifealign.training import encode_prompt
+from lifealign.machine import BF16_FLAGS, machine_description, versions
+from lifealign.models import SMOLLM2, TINY, load_model
+# pair_tokens: the count the continual loop reports as eval_tokens, so the benchmarks' tokens/s and
+# a run's compare.
+from lifealign.training import encode_prompt, pair_tokens  # noqa: F401
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -74,7 +73,7 @@ def fake_pairs(n, seed=0):
 def load_pairs(args, split="train"):
     """(records, source): args.pairs records of args.task's split, or synthetic pairs if there is no data."""
     data_dir = data_mod.default_data_dir()
-    if data_dir is None or not (data_dir / data_mod._canonical(args.task) / "test.json").is_file():
+    if data_dir is None or not (data_dir / data_mod.task_name(args.task) / "test.json").is_file():
         print(f"note: no data for {args.task} (set LIFEALIGN_DATA_DIR); using {args.pairs} synthetic pairs")
         return fake_pairs(args.pairs, seed=0 if split == "train" else 1), "synthetic"
     task = data_mod.load_task(args.task, data_dir, n_train=args.pairs, n_test=args.pairs, seed=0)
@@ -113,30 +112,19 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
-def _version(pkg):
-    try:
-        return importlib.metadata.version(pkg)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def machine_info():
-    cpu = platform.processor() or None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """`lifealign.machine.machine_description` (what a run records), with the cores, versions and
+    peak memory of this process."""
+    described = machine_description(device())
     return {
-        "cpu": cpu,
+        "cpu": described["cpu"] or platform.processor() or None,
         "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_bf16": sorted(_cpu_flags() & {"amx_bf16", "avx512_bf16"}),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch_threads": described["threads"],
+        "cpu_flags": described["cpu_flags"],
+        "cpu_bf16": [flag for flag in described["cpu_flags"] if flag in BF16_FLAGS],
+        "cuda": described.get("gpu"),
         "python": platform.python_version(),
-        "versions": {pkg: _version(pkg) for pkg in ("torch", "transformers", "peft", "trl", "accelerate")},
+        "versions": versions(("torch", "transformers", "peft", "trl", "accelerate")),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

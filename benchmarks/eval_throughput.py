@@ -20,7 +20,8 @@ import torch
 
 import common
 from lifealign.generation import generate_token_ids
-from lifealign.models import add_lora, pick_precision
+from lifealign.lora import add_lora
+from lifealign.machine import pick_precision
 from lifealign.reference import score_pairs
 from lifealign.training import encode_records, pair_length
 

@@ -30,7 +30,9 @@ import torch
 import common
 from lifealign import data as data_mod
 from lifealign.generation import generate_token_ids
-from lifealign.models import add_lora, freeze_base_in_bf16, pick_precision
+from lifealign.lora import add_lora
+from lifealign.machine import pick_precision
+from lifealign.models import freeze_base_in_bf16
 from lifealign.reference import score_pairs
 from lifealign.training import encode_records
 

@@ -13,7 +13,6 @@ the run is configs/tiny.yaml: the JSON shows the machinery works, not how fast a
 """
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile

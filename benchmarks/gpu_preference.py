@@ -25,7 +25,7 @@ import common
 from hardware_limit import matmul_gflops
 from lifealign.config import StageConfig
 from lifealign.losses import fpo_loss
-from lifealign.models import add_lora
+from lifealign.lora import add_lora
 from lifealign.reference import ReferenceCache
 from lifealign.training import (ListDataset, StageTrainer, collate_pairs, example_lengths, make_preference_loss,
                                 training_arguments)
@@ -41,14 +41,6 @@ ARCHS = {
     "smoke": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True, max_position_embeddings=512),
 }
-
-
-class NoHooks:
-    def extra_loss(self, model, batch, outputs):
-        return None
-
-    def before_optimizer_step(self):
-        pass
 
 
 def build(arch, dev):
@@ -87,7 +79,7 @@ def run_arch(arch, args, dev):
             model=model, args=training_arguments(stage, tmp, 0, precision, False, dev),
             train_dataset=ListDataset(records), data_collator=lambda ex: collate_pairs(ex, pad_id),
             optimizers=(torch.optim.AdamW(params, lr=5e-6), None),
-            stage_loss=make_preference_loss(fpo_loss, 0.1, gamma=2.0), hooks=NoHooks(),
+            stage_loss=make_preference_loss(fpo_loss, 0.1, gamma=2.0),
             lengths=example_lengths(records, "pref"))
         model.train()
         with common.Timer() as t_train:

@@ -35,8 +35,7 @@ import torch
 
 import common
 from lifealign.config import load_config
-from lifealign.consolidation import lora_parameters
-from lifealign.models import add_lora
+from lifealign.lora import add_lora, lora_parameters
 from lifealign.strategies.ewc import EWCPlugin
 from lifealign.strategies.gem import GEMPlugin
 from lifealign.strategies.replay import Replay

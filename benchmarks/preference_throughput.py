@@ -40,7 +40,8 @@ import torch  # noqa: E402
 import common  # noqa: E402
 from lifealign.config import StageConfig  # noqa: E402
 from lifealign.losses import dpo_loss  # noqa: E402
-from lifealign.models import add_lora, pick_precision  # noqa: E402
+from lifealign.lora import add_lora  # noqa: E402
+from lifealign.machine import pick_precision  # noqa: E402
 from lifealign.reference import ReferenceCache  # noqa: E402
 from lifealign.training import (ListDataset, StageTrainer, clean_response, collate_pairs, encode_records,  # noqa: E402
                                 example_lengths, make_preference_loss, training_arguments)
@@ -48,16 +49,6 @@ from lifealign.training import (ListDataset, StageTrainer, clean_response, colla
 CONFIGS = ("ours", "ours-two-rows", "trl-default", "trl-best", "trl-engine")
 LORA = dict(r=8, alpha=16, dropout=0.0, targets=["q_proj", "v_proj"])
 GOALS = {"vs_trl_default": 3.0, "vs_trl_best": 1.5}  # ours / TRL, tokens per second
-
-
-class NoHooks:
-    """No strategy: the plain preference stage."""
-
-    def extra_loss(self, model, batch, outputs):
-        return None
-
-    def before_optimizer_step(self):
-        pass
 
 
 def prepare(args, pairs, dev, share_prompt=True):
@@ -88,7 +79,7 @@ def run_ours(args, pairs, dev, share_prompt=True):
                 train_dataset=ListDataset(records),
                 data_collator=lambda ex: collate_pairs(ex, tok.pad_token_id, share_prompt),
                 optimizers=(torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0), None),
-                stage_loss=make_preference_loss(dpo_loss, args.beta), hooks=NoHooks(),
+                stage_loss=make_preference_loss(dpo_loss, args.beta),
                 lengths=example_lengths(records, "pref"))
             model.train()
             trainer.train()

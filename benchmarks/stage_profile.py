@@ -15,7 +15,8 @@ from torch.profiler import ProfilerActivity, profile
 import common
 from lifealign.config import StageConfig
 from lifealign.losses import dpo_loss
-from lifealign.models import add_lora, pick_precision
+from lifealign.lora import add_lora
+from lifealign.machine import pick_precision
 from lifealign.reference import ReferenceCache
 from lifealign.training import (ListDataset, StageTrainer, collate_pairs, encode_records, example_lengths,
                                 make_preference_loss, training_arguments)
@@ -30,14 +31,6 @@ GROUPS = {  # first match wins, on the op name
                     "aten::silu", "aten::neg", "aten::exp", "aten::log", "aten::sum", "aten::where", "aten::sigmoid",
                     "aten::gather", "aten::fill_", "aten::zero_", "aten::threshold", "aten::le", "aten::lt"),
 }
-
-
-class NoHooks:
-    def extra_loss(self, model, batch, outputs):
-        return None
-
-    def before_optimizer_step(self):
-        pass
 
 
 def group_of(name):
@@ -64,7 +57,7 @@ def main(argv=None):
             model=model, args=training_arguments(stage, tmp, 0, precision, False, dev),
             train_dataset=ListDataset(records), data_collator=lambda ex: collate_pairs(ex, tok.pad_token_id),
             optimizers=(torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0), None),
-            stage_loss=make_preference_loss(dpo_loss, 0.1), hooks=NoHooks(), lengths=example_lengths(records, "pref"))
+            stage_loss=make_preference_loss(dpo_loss, 0.1), lengths=example_lengths(records, "pref"))
         model.train()
         with common.Timer() as t, profile(activities=[ProfilerActivity.CPU]) as prof:
             trainer.train()

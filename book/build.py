@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))  # the book builds from a checkout, instal
 
 from lifealign import report, runs  # noqa: E402
 from lifealign.config import ConfigError, load_config  # noqa: E402
-from lifealign.data import DERIVED_TEST_FRACTION, ORDERS, TASKS  # noqa: E402
+from lifealign.data import DERIVED_TEST_FRACTION, ORDERS, TASKS, short_name as short  # noqa: E402
 from lifealign.metrics import summarize  # noqa: E402
 from lifealign.pipeline import GROUPS, active_profile, grid, load_params  # noqa: E402
 
@@ -86,10 +86,6 @@ def write(name, text):
     path = GEN / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text.strip("\n") + "\n")
-
-
-def short(task):
-    return TASKS[task].short if task in TASKS else task
 
 
 def fmt(value, spec=".2f"):

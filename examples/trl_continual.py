@@ -20,10 +20,11 @@ import torch  # noqa: E402
 from transformers import PrinterCallback  # noqa: E402
 from trl import DPOConfig  # noqa: E402
 
-from lifealign.data import TASKS  # noqa: E402
+from lifealign.data import short_name, task_name  # noqa: E402
 from lifealign.integrations.hf_datasets import load_task_datasets  # noqa: E402
 from lifealign.integrations.trl import FPOTrainer, ReplayBuffer, SLMCCallback  # noqa: E402
-from lifealign.models import add_lora, load_model  # noqa: E402
+from lifealign.lora import add_lora  # noqa: E402
+from lifealign.models import load_model  # noqa: E402
 
 ORDER = ["hh-rlhf-harmless-base", "hh-rlhf-helpful-base", "safe-rlhf"]
 
@@ -52,8 +53,7 @@ def main(argv=None):
     model, tokenizer = load_model(args.model, device="cuda" if cuda else "cpu")
     model = add_lora(model, r=8, alpha=16, targets=["q_proj", "v_proj"])  # one adapter, trained task after task
 
-    by_short = {task.short: name for name, task in TASKS.items()}
-    tasks = [by_short.get(t, t) for t in args.tasks.split(",")]
+    tasks = [task_name(t) for t in args.tasks.split(",")]
     # Our tokenisation: long multi-turn prompts keep their end (the request) and every pair fits
     # max_length; without a tokenizer the rows are TRL's conversational format instead.
     data = {t: load_task_datasets(t, args.data_dir, args.n_train, args.n_test, tokenizer=tokenizer,
@@ -80,7 +80,7 @@ def main(argv=None):
         result["tasks"].append({"task": task, "train_rows": len(trainer.train_dataset), "data": report["notes"]})
         result["accuracy"].append(row)
         result["slmc"].append({k: v for k, v in slmc.reports[-1].items() if k != "per_matrix"})
-        print(f"after {task}: reward accuracy " + "  ".join(f"{TASKS[t].short} {a:.2f}" for t, a in zip(tasks, row)))
+        print(f"after {task}: reward accuracy " + "  ".join(f"{short_name(t)} {a:.2f}" for t, a in zip(tasks, row)))
     (out / "result.json").write_text(json.dumps(result, indent=1))
     return result
 

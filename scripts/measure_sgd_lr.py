@@ -17,7 +17,8 @@ import torch
 
 from lifealign.data import default_data_dir, load_task, resolve_order
 from lifealign.losses import dpo_loss
-from lifealign.models import SMOLLM2, add_lora, load_model
+from lifealign.lora import add_lora
+from lifealign.models import SMOLLM2, load_model
 from lifealign.reference import score_pairs
 from lifealign.training import collate_pairs, collate_sft, encode_records, make_preference_loss, sft_loss
 

@@ -79,7 +79,8 @@ def run_golden(name, method, overrides, workdir):
 
 def scorer_golden(workdir):
     from lifealign import data as data_mod
-    from lifealign.models import add_lora, load_model
+    from lifealign.lora import add_lora
+    from lifealign.models import load_model
     from lifealign.reference import score_pairs
     from lifealign.training import encode_records
 

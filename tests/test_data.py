@@ -14,8 +14,9 @@ import pytest
 from lifealign import data
 from lifealign.data import (
     BLOB_SHA1, ORDERS, TASKS, DataError, TaskUnavailable, default_data_dir, download_release,
-    git_blob_sha1, load_task, read_split, replay_slice, resolve_order,
+    git_blob_sha1, load_task, read_split, resolve_order, short_name, task_name,
 )
+from lifealign.strategies.replay import Replay
 
 try:
     REAL = default_data_dir()
@@ -232,12 +233,24 @@ def test_resolve_order_rejects_unknown_names(tmp_path):
         resolve_order(["TruthfulQA", "MMLU"], tmp_path)
 
 
-def test_replay_slice_is_the_first_fraction_in_file_order():
+def test_replay_adds_the_first_fraction_in_file_order():
+    def added(rows, fraction=0.2):
+        replay = Replay(fraction, cap=10**6)
+        assert replay.training_records(None, "pref", "task", rows) == rows  # nothing buffered yet
+        return replay.buffers["pref"]
+
     rows = [{"index": i} for i in range(12)]
-    assert replay_slice(rows) == rows[:2]
-    assert replay_slice(rows, 0.5) == rows[:6]
-    assert replay_slice(rows[:4]) == []
-    assert replay_slice([{"index": i} for i in range(3000)])[-1]["index"] == 599
+    assert added(rows) == rows[:2]
+    assert added(rows, 0.5) == rows[:6]
+    assert added(rows[:4]) == []
+    assert added([{"index": i} for i in range(3000)])[-1]["index"] == 599
+
+
+def test_task_and_short_names():
+    assert task_name("harmless") == "hh-rlhf-harmless-base" == task_name("hh-rlhf-harmless-base")
+    assert short_name("hh-rlhf-harmless-base") == "harmless" and short_name("joint") == "joint"
+    with pytest.raises(DataError, match="known tasks"):
+        task_name("MMLU")
 
 
 def test_default_data_dir(tmp_path, monkeypatch):

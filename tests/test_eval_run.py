@@ -1,8 +1,6 @@
 """Evaluation inside the loop: generation metrics after every task, and `lifealign eval RUN_DIR`
 adding the LLM judge later (against a fake OpenAI-compatible server) without retraining."""
 import json
-import os
-from pathlib import Path
 
 import pytest
 

@@ -11,9 +11,9 @@ from torch import nn
 from lifealign.config import ConfigError, MethodConfig, load_config
 from lifealign.strategies import METHODS, build_strategy
 from lifealign.strategies.base import Strategy
-from lifealign.strategies.ewc import EWCPlugin, empirical_fisher, ewc_penalty, trainable_named
-from lifealign.strategies.gem import (AGEMPlugin, GEMPlugin, agem_project, flat_grad, gem_project,
-                                      memory_gradient, trainable)
+from lifealign.strategies.ewc import EWCPlugin, empirical_fisher, ewc_penalty
+from lifealign.strategies.gem import AGEMPlugin, GEMPlugin, agem_project, flat_grad, gem_project, memory_gradient
+from lifealign.training import trainable_parameters
 from test_run import run_cli
 
 
@@ -82,7 +82,7 @@ def test_ewc_penalty_gradient_pulls_towards_the_anchor():
 def test_empirical_fisher_is_the_mean_squared_per_example_gradient():
     model = ToyLoRA()
     records = toy_records(5, seed=3)
-    params = trainable_named(model)
+    params = trainable_parameters(model)
     fisher = empirical_fisher(model, params, records, toy_collate, toy_loss, contextlib.nullcontext)
     assert set(fisher) == {"lora_A", "lora_B"}
     for name, p in params.items():
@@ -97,7 +97,7 @@ def test_empirical_fisher_is_the_mean_squared_per_example_gradient():
 def test_ewc_fisher_accumulates_over_stages_and_anchors_at_the_stage_end():
     model = ToyLoRA()
     plugin = EWCPlugin(lam=2.0, gamma=1.0, fisher_samples=4, seed=0, scope="stage")
-    params = trainable_named(model)
+    params = trainable_parameters(model)
     recs1, recs2 = toy_records(6, seed=1), toy_records(6, seed=2)
 
     loop = fake_loop(model, task="t1", task_index=0, records=recs1)
@@ -139,9 +139,9 @@ def test_ewc_task_scope_anchors_once_per_task_and_sums_both_stages_fishers():
     """The default scope: no consolidation at a stage's end; at the task's end F gains the Fisher of
     each stage (its own loss and records, at the task-end parameters) and theta* = the task-end
     parameters. The preference stage of a task is therefore not anchored at its own SFT end."""
-    assert EWCPlugin().scope == MethodConfig.ewc_scope == "task"
+    assert EWCPlugin().scope == MethodConfig().ewc_scope == "task"
     model = ToyLoRA()
-    params = trainable_named(model)
+    params = trainable_parameters(model)
     plugin = EWCPlugin(lam=2.0, fisher_samples=4, seed=0)
     sft_recs, pref_recs = toy_records(6, seed=1), toy_records(6, seed=2)
     sft_loop = fake_loop(model, task="t1", task_index=0, records=sft_recs)
@@ -248,7 +248,7 @@ def _memory_setup(plugin_cls, **kwargs):
     assert [len(m) for m in plugin.memories["sft"].values()] == [4, 4]
     loop = fake_loop(model, task="t3", task_index=2)
     plugin.on_stage_start(loop, "sft")
-    params = trainable(model)
+    params = list(trainable_parameters(model).values())
     mem_grads = [memory_gradient(model, params, recs, toy_collate, toy_loss, contextlib.nullcontext, 3)
                  for recs in plugin.memories["sft"].values()]
     return model, plugin, loop, params, mem_grads
@@ -327,7 +327,7 @@ def test_the_papers_optimizer_sgd_steps_by_minus_lr_times_the_projected_gradient
 def test_projection_optimizer_options_reach_the_plugins():
     for name in ("gem", "agem"):
         plugin = build_strategy(load_config(None, [f"method.name={name}"])).plugins[0]
-        assert (plugin.optimizer, plugin.sgd_lr) == ("sgd", MethodConfig.sgd_lr)
+        assert (plugin.optimizer, plugin.sgd_lr) == ("sgd", MethodConfig().sgd_lr)
         plugin = build_strategy(load_config(None, [f"method.name={name}", "method.projection_optimizer=adamw",
                                                    "method.sgd_lr=0.5"])).plugins[0]
         assert (plugin.optimizer, plugin.sgd_lr) == ("adamw", 0.5)
@@ -353,7 +353,7 @@ def test_first_task_and_own_task_memory_are_not_constraints():
     plugin = GEMPlugin(memory_size=4)
     loop = fake_loop(model, task="t1", task_index=0, records=toy_records(5, 1))
     plugin.on_stage_start(loop, "sft")
-    params = trainable(model)
+    params = list(trainable_parameters(model).values())
     g = torch.randn(sum(p.numel() for p in params))
     update, applied = _step(model, plugin, loop, params, g)
     assert torch.equal(applied, g)

@@ -19,7 +19,8 @@ from lifealign.generation import (
     generation_scores,
     rouge_l,
 )
-from lifealign.models import add_lora, build_tiny_model
+from lifealign.lora import add_lora
+from lifealign.models import build_tiny_model
 
 # Prompts of clearly different lengths, so that a batch needs left padding.
 PROMPTS = [

@@ -1,4 +1,4 @@
-"""The LLM judge (lifealign.judge) against a fake OpenAI-compatible server on 127.0.0.1.
+"""The LLM judge (lifealign.judge, lifealign.rubrics) against a fake OpenAI-compatible server on 127.0.0.1.
 
 The server is scripted per request (a good reply, a timeout, 429, 500, malformed JSON, no choices,
 no score, 400, 401), so every retry path is exercised with real HTTP and sockets, and fast: the
@@ -16,8 +16,8 @@ import pytest
 
 from lifealign import judge as judge_mod
 from lifealign.data import TASKS
-from lifealign.judge import (RUBRICS, Judge, JudgeConfig, JudgeError, build_messages,
-                             parse_score)
+from lifealign.judge import Judge, JudgeConfig, JudgeError
+from lifealign.rubrics import RUBRICS, build_messages, parse_score
 
 SECRET = "sk-SENTINEL-do-not-leak-0123456789"
 TIMEOUT = 0.3
@@ -376,7 +376,7 @@ def test_build_messages_sections_and_task_names():
     assert order == sorted(order)
     assert "FALSE" not in user  # no false answers section outside TruthfulQA when none are given
     assert "(none given)" in build_messages("TruthfulQA", "q", "r", "t")[1]["content"]
-    with pytest.raises(ValueError, match="no judge rubric"):
+    with pytest.raises(ValueError, match="unknown task 'MMLU'"):
         build_messages("MMLU", "q", "r", "t")
 
 

@@ -32,7 +32,7 @@ import urllib.request
 import pytest
 
 from lifealign.judge import Judge, JudgeConfig, JudgeError
-from lifealign.models import find_smollm2_gguf
+from lifealign.smollm2 import find_smollm2_gguf
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("llama_cpp.server", reason="llama-cpp-python is not installed: run `make judge-server`")

@@ -10,19 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lifealign import models
-from lifealign.models import (
-    SMOLLM2,
-    TINY,
-    add_lora,
-    build_tiny_model,
-    cache_root,
-    find_smollm2_gguf,
-    load_model,
-    model_fingerprint,
-    pick_precision,
-    prepare_smollm2,
-)
+from lifealign import machine, smollm2
+from lifealign.lora import add_lora
+from lifealign.machine import cache_root, pick_precision
+from lifealign.models import SMOLLM2, TINY, build_tiny_model, load_model, model_fingerprint
+from lifealign.smollm2 import find_smollm2_gguf, prepare_smollm2
 
 TEXT = "Hello, wörld! Ünïcödé — 你好 🙂 tabs\tand\nnewlines"
 MESSAGES = [{"role": "user", "content": "What is 2+2?"}]
@@ -177,7 +169,7 @@ def test_add_lora_to_a_peft_model_adds_and_activates_a_new_adapter():
 @pytest.mark.parametrize("value, expected", [("bf16", "bf16"), ("fp32", "fp32"), (" BF16 ", "bf16")])
 def test_pick_precision_env_override(monkeypatch, value, expected):
     monkeypatch.setenv("LIFEALIGN_PRECISION", value)
-    monkeypatch.setattr(models, "_cpu_flags", lambda: set())
+    monkeypatch.setattr(machine, "_cpu_flags", lambda: set())
     assert pick_precision("cpu") == expected
     assert pick_precision("cuda") == expected
 
@@ -196,7 +188,7 @@ def test_pick_precision_rejects_bad_override(monkeypatch, value):
 )
 def test_pick_precision_cpu_flags(monkeypatch, flags, expected):
     monkeypatch.delenv("LIFEALIGN_PRECISION", raising=False)
-    monkeypatch.setattr(models, "_cpu_flags", lambda: flags)
+    monkeypatch.setattr(machine, "_cpu_flags", lambda: flags)
     assert pick_precision("cpu") == expected
 
 
@@ -214,8 +206,8 @@ def test_pick_precision_cuda(monkeypatch):
 def test_cpu_flags_parses_cpuinfo(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512_bf16 amx_tile\n\nprocessor\t: 1\n")
-    assert models._cpu_flags(cpuinfo) == {"fpu", "sse2", "avx512_bf16", "amx_tile"}
-    assert models._cpu_flags(tmp_path / "missing") == set()
+    assert machine._cpu_flags(cpuinfo) == {"fpu", "sse2", "avx512_bf16", "amx_tile"}
+    assert machine._cpu_flags(tmp_path / "missing") == set()
 
 
 # --------------------------------------------------------------------------
@@ -368,14 +360,14 @@ def test_prepare_smollm2_failure_leaves_no_cache(monkeypatch, tmp_path):
     fake_gguf = tmp_path / "pkg" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     fake_gguf.parent.mkdir()
     fake_gguf.write_bytes(b"not really gguf")
-    monkeypatch.setattr(models, "find_smollm2_gguf", lambda: fake_gguf)
+    monkeypatch.setattr(smollm2, "find_smollm2_gguf", lambda: fake_gguf)
 
     def boom(*args, **kwargs):
         raise RuntimeError("killed mid-conversion")
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", boom)
     cache = tmp_path / "cache"
-    target = models._smollm2_cache_dir(fake_gguf, cache)
+    target = smollm2._smollm2_cache_dir(fake_gguf, cache)
     assert target.parent == cache and target.name.startswith(SMOLLM2 + "-")
 
     # a directory without the completion marker (e.g. copied by hand) is not trusted
@@ -388,7 +380,7 @@ def test_prepare_smollm2_failure_leaves_no_cache(monkeypatch, tmp_path):
 
     # a completed directory is returned without touching transformers
     target.mkdir()
-    (target / models._COMPLETE_MARKER).write_text("{}")
+    (target / smollm2._COMPLETE_MARKER).write_text("{}")
     assert prepare_smollm2(cache) == target
 
 
@@ -415,7 +407,7 @@ def test_smollm2_prepare_and_cached_reload(tmp_path):
     cache_dirs = [p for p in tmp_path.iterdir()]
     assert len(cache_dirs) == 1 and cache_dirs[0].name.startswith(SMOLLM2 + "-")
     assert (cache_dirs[0] / "model.safetensors").is_file()
-    marker = json.loads((cache_dirs[0] / models._COMPLETE_MARKER).read_text())
+    marker = json.loads((cache_dirs[0] / smollm2._COMPLETE_MARKER).read_text())
     assert marker["eos_token"] == "<|im_end|>"
 
     assert model_1.dtype == torch.float32

@@ -13,14 +13,14 @@ from safetensors.torch import load_file
 
 from lifealign.cli import main
 from lifealign.config import load_config
-from lifealign.consolidation import lora_parameters
+from lifealign.lora import adapter_parameters, add_lora, lora_layers, lora_parameters
 from lifealign.data import TaskData
-from lifealign.models import add_lora, load_model
+from lifealign.models import load_model
 from lifealign.reference import score_pairs
 from lifealign.runner import ContinualLoop
 from lifealign.strategies import build_strategy
 from lifealign.strategies.l2p import L2P, PromptPool
-from lifealign.strategies.olora import OLoRA, adapter_parameters, lora_layers, orthogonality_penalty
+from lifealign.strategies.olora import OLoRA, orthogonality_penalty
 from lifealign.training import collate_pairs, encode_records
 
 from test_run import run_cli

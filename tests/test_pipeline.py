@@ -138,6 +138,50 @@ def test_run_group_can_run_chosen_runs_only(tmp_path, monkeypatch):
     assert ran == ["er-order1-s1", "mtl-order1-s0"]
 
 
+def test_run_grid_goes_by_tier_then_seed_and_commits_each_run(tmp_path, monkeypatch):
+    """scripts/run_grid.py: tier 1 before tier 2, seeds interleaved within a tier, done runs skipped,
+    the to-do list split between workers, and each finished run committed alone."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import run_grid
+    profile = {"matrix": [{"methods": ["seqft", "er"], "orders": ["order1"], "seeds": [0, 1], "tier": 1},
+                          {"methods": ["ewc"], "orders": ["order1"], "seeds": [0], "tier": 3}],
+               "orders": [{"methods": ["er"], "orders": ["order2"], "seeds": [0, 1], "tier": 2}],
+               "sensitivity": [{"methods": ["lifealign"], "orders": ["order1"], "seeds": [0],
+                                "sweep": {"method.slmc_lambda": [0.0]}}]}  # no tier: tier 1
+    order = [f"{s.group}/{s.id}" for s in run_grid.ordered_runs(profile)]
+    assert order == ["matrix/seqft-order1-s0", "matrix/er-order1-s0", "sensitivity/lifealign-order1-s0-slmc_lambda0.0",
+                     "matrix/seqft-order1-s1", "matrix/er-order1-s1", "orders/er-order2-s0", "orders/er-order2-s1",
+                     "matrix/ewc-order1-s0"]
+
+    root = _fake_repo(tmp_path)
+    (root / "params.yaml").write_text(yaml.safe_dump({"profile": "smoke", "profiles": {"smoke": profile}}))
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "start"],
+                   cwd=root, check=True)
+    monkeypatch.setattr(run_grid, "ROOT", root)
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "t"), monkeypatch.setenv("GIT_AUTHOR_EMAIL", "t@t")
+    monkeypatch.setenv("GIT_COMMITTER_NAME", "t"), monkeypatch.setenv("GIT_COMMITTER_EMAIL", "t@t")
+    ran = []
+
+    def fake_run(profile_name, spec, root):
+        ran.append(spec.id)
+        folder = pipeline.results_dir(profile_name, spec, root)
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps({"config": pipeline.run_config(profile_name, spec, root).to_dict()}))
+        (folder / "provenance.json").write_text(json.dumps({"run_code_version": RUN_CODE_VERSION}))
+
+    monkeypatch.setattr(pipeline, "run_one", fake_run)
+    (root / "untracked.txt").write_text("not part of any run")
+    run_grid.main(["--commit", "--max-tier", "1", "--worker", "1/2"])
+    assert ran == ["er-order1-s0", "seqft-order1-s1"]  # the second worker's half of tier 1's to-do list
+    run_grid.main(["--commit", "--max-tier", "2"])
+    assert ran[2:] == ["seqft-order1-s0", "lifealign-order1-s0-slmc_lambda0.0", "er-order1-s1",
+                       "er-order2-s0", "er-order2-s1"]  # done runs skipped
+    log = subprocess.run(["git", "log", "--format=%s", "--name-only"], cwd=root, capture_output=True, text=True).stdout
+    assert log.count("smoke grid: ") == 7 and "untracked.txt" not in log
+    assert "smoke grid: orders/er-order2-s1" in log and "results/smoke/orders/er-order2-s1/results.json" in log
+
+
 def test_strip_notebook_drops_what_changes_between_executions(tmp_path):
     nb = {"cells": [{"cell_type": "code", "id": "f00d1e", "source": [], "execution_count": 1,
                      "metadata": {"papermill": {"duration": 1.5, "start_time": "2026"}, "execution": {"x": 1},

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lifealign import pipeline
-from lifealign.progress import RunProgress, describe, duration, is_live, read_state
+from lifealign.progress import GroupLine, RunProgress, describe, duration, is_live, read_state
 
 ROOT = Path(__file__).resolve().parents[1]
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
@@ -68,7 +68,7 @@ def test_describe_and_duration():
     state = {"state": "running", "task": 2, "tasks": 5, "task_name": "HC3", "stage": "preference", "step": 12,
              "steps": 32, "tokens_per_s": 812.4, "elapsed_s": 250, "eta_s": 182}
     assert describe(state) == "task 2/5 HC3: preference 12/32 steps, 812 tok/s | elapsed 4m10s, ETA 3m02s"
-    line = pipeline.GroupLine(Path("."), "[matrix 2/3] er-s0", later=1, durations=[600.0], log=print)
+    line = GroupLine(Path("."), "[matrix 2/3] er-s0", later=1, durations=[600.0], log=print)
     line.started -= 250
     assert line.line(state) == ("[matrix 2/3] er-s0 | task 2/5 HC3: preference 12/32 steps, 812 tok/s "
                                 "| run 4m10s, ETA 3m02s | group ETA 13m02s")

@@ -50,7 +50,7 @@ def test_smollm2_learns_the_trained_task(tmp_path):
 
 
 @pytest.mark.slow  # ~20-60 s: three decodings of 10 prompts on SmolLM2
-@pytest.mark.parametrize("precision", sorted({"fp32", __import__("lifealign.models").models.pick_precision("cpu")}))
+@pytest.mark.parametrize("precision", sorted({"fp32", __import__("lifealign.machine").machine.pick_precision("cpu")}))
 def test_smollm2_generation_equals_plain_generate(precision):
     """The evaluation's generation (frozen weights in bf16 for a bf16 run, every task's prompts in one
     call) gives the same token ids as plain `model.generate` on the fp32 model, batch by batch."""
@@ -60,7 +60,8 @@ def test_smollm2_generation_equals_plain_generate(precision):
 
     from lifealign.data import load_task, resolve_order
     from lifealign.generation import _cut_at_eos, _generation_config, _left_pad, generate_token_ids
-    from lifealign.models import add_lora, freeze_base_in_bf16, load_model
+    from lifealign.lora import add_lora
+    from lifealign.models import freeze_base_in_bf16, load_model
     from lifealign.reference import autocast
     from lifealign.training import encode_prompt
 

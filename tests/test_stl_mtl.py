@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lifealign.config import Config
-from lifealign.consolidation import lora_parameters
+from lifealign.lora import lora_parameters
 from lifealign.strategies import build_strategy
 
 from test_run import run_cli

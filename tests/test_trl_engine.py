@@ -8,7 +8,8 @@ from lifealign.cli import main
 from lifealign.config import ConfigError, load_config
 from lifealign.integrations import trl_engine
 from lifealign.losses import fpo_loss
-from lifealign.models import add_lora, build_tiny_model
+from lifealign.lora import add_lora
+from lifealign.models import build_tiny_model
 from lifealign.pipeline import _comparable
 from lifealign.strategies import build_strategy
 from lifealign.training import collate_pairs, encode_records, make_preference_loss
@@ -31,7 +32,7 @@ def test_both_engines_give_the_same_per_pair_loss(tmp_path):
     encode_records(tok, records, 64, 40)
     cfg = load_config(None, [("out", str(tmp_path)), ("model.max_length", 64), ("method.gamma", 2.0)])
     loop = types.SimpleNamespace(cfg=cfg, out=tmp_path, precision="fp32", device="cpu", is_main=True, model=model,
-                                 tokenizer=tok, strategy=build_strategy(cfg),
+                                 tokenizer=tok, strategy=build_strategy(cfg), loss_kwargs={"gamma": 2.0},
                                  _optimizer=lambda stage, stage_cfg: torch.optim.AdamW(
                                      [p for p in model.parameters() if p.requires_grad]))
     trainer = trl_engine.preference_trainer(loop, records, cfg.pref, seed=0)

@@ -21,12 +21,13 @@ from datasets import Dataset  # noqa: E402
 from transformers import PrinterCallback  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 
-from lifealign.consolidation import consolidate, lora_parameters  # noqa: E402
+from lifealign.consolidation import consolidate  # noqa: E402
 from lifealign.data import DataError  # noqa: E402
 from lifealign.integrations.hf_datasets import load_task_datasets, records_dataset  # noqa: E402
 from lifealign.integrations.trl import FPOTrainer, ReplayBuffer, SLMCCallback  # noqa: E402
 from lifealign.losses import fpo_loss  # noqa: E402
-from lifealign.models import add_lora, build_tiny_model  # noqa: E402
+from lifealign.lora import add_lora, lora_parameters  # noqa: E402
+from lifealign.models import build_tiny_model  # noqa: E402
 from lifealign.training import encode_records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

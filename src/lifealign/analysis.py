@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from .consolidation import energy_rank
 from .io import read_json
 
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])\.(?P<adapter>[^.]+)\.weight$")
@@ -51,11 +52,9 @@ def task_updates(run_dir):
 def subspace(update, energy=0.9):
     """Orthonormal basis of the column directions holding `energy` of the update (None if ~0)."""
     u, s, _ = torch.linalg.svd(update, full_matrices=False)
-    power = s.square()
-    if power.sum() <= 1e-30:
+    if s.square().sum() <= 1e-30:
         return None
-    k = int((power.cumsum(0) / power.sum() < energy - 1e-9).sum()) + 1
-    return u[:, :k]
+    return u[:, :energy_rank(s, energy)]
 
 
 def principal_cosines(a, b):

@@ -1,193 +1,130 @@
-"""Run configuration: nested dataclasses read from YAML, overridable with `--set key=value`.
-
-Every key has a default; an unknown key or a value outside its allowed set is an error that names
-the key and what is allowed.
-"""
-import dataclasses
-from dataclasses import dataclass, field
+"""Run configuration: pydantic models read from YAML, overridable with `--set key=value`. Every key has
+a default; a wrong key or value is an error naming the dotted key (and the file) and what is allowed."""
 from pathlib import Path
+from typing import Literal, get_args, get_origin
 
 import yaml
+from pydantic import BaseModel, Field, ValidationError, create_model
+
+from .options import Float, Options, yaml_number
+from .strategies import METHODS  # importing the package registers every method and plugin
+from .strategies.base import PLUGINS
 
 
 class ConfigError(ValueError):
     pass
 
 
-@dataclass
-class DataConfig:
+class DataConfig(Options):
     dir: str | None = None            # None: $LIFEALIGN_DATA_DIR, else ../shared/data/lifealign-release
-    order: str | list = "order1"      # an order name (order1, order2, order3), or a list of task names
-    n_train: int | None = 64          # pairs per task (None: all)
-    n_test: int | None = 64
-    on_invalid: str = "filter"        # empty or identical responses: "filter" (counted) or "error"
+    order: str | list[str] = "order1"  # an order name (order1, order2, order3), or a list of task names
+    n_train: int | None = Field(64, ge=1)  # pairs per task (None: all)
+    n_test: int | None = Field(64, ge=1)
+    on_invalid: Literal["filter", "error"] = "filter"  # empty or identical responses: filtered (counted) or an error
 
 
-@dataclass
-class ModelConfig:
+class ModelConfig(Options):
     name: str = "smollm2-135m-instruct"   # also "tiny-random-llama", a local directory or a Hub id
-    lora_r: int = 8
+    lora_r: int = Field(8, ge=1)
     lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_targets: list = field(default_factory=lambda: ["q_proj", "v_proj"])
-    precision: str = "auto"               # auto (bf16 where the hardware has it), bf16, fp32
-    max_length: int = 256                 # prompt + response tokens
-    max_prompt_length: int = 128          # prompts keep their end (the latest request)
+    lora_dropout: Float = Field(0.0, ge=0, lt=1)
+    lora_targets: list[str] = ["q_proj", "v_proj"]
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where the hardware has it
+    max_length: int = Field(256, ge=1)                   # prompt + response tokens
+    max_prompt_length: int = Field(128, ge=1)            # prompts keep their end (the latest request)
 
 
-@dataclass
-class StageConfig:
-    epochs: float = 1.0
-    lr: float = 2e-4
-    batch_size: int = 8                   # pairs (preference) or examples (SFT) per device step
-    grad_accum: int = 1
-    scheduler: str = "cosine"
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
+class StageConfig(Options):
+    epochs: Float = Field(1.0, gt=0)
+    lr: Float = Field(2e-4, gt=0)
+    batch_size: int = Field(8, ge=1)      # pairs (preference) or examples (SFT) per device step
+    grad_accum: int = Field(1, ge=1)
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: Float = Field(0.1, ge=0, le=1)
+    max_grad_norm: Float = Field(1.0, ge=0)
 
 
-@dataclass
-class MethodConfig:
-    name: str = "lifealign"               # see lifealign.strategies.METHODS
-    loss: str | None = None               # dpo | fpo; None: the method's own
-    replay: bool | None = None            # None: the method's own
-    beta: float = 0.1
-    gamma: float = 2.0
-    slmc_threshold: float = 0.9
-    slmc_lambda: float = 0.5
-    slmc_stages: list = field(default_factory=lambda: ["sft", "pref"])
-    replay_fraction: float = 0.2
-    replay_cap: int = 3000
-    sft: bool = True                      # run the SFT stage before the preference stage
-    # EWC (strategies/ewc.py): penalty weight, online decay of the accumulated Fisher, examples per Fisher,
-    # consolidation scope: "task" (one anchor per task, the Fisher of both stages; EWC's definition) or
-    # "stage" (an anchor after every stage, as the authors' code does)
-    ewc_lambda: float = 1e4
-    ewc_gamma: float = 1.0
-    ewc_fisher_samples: int = 64
-    ewc_scope: str = "task"
-    # GEM / A-GEM (strategies/gem.py): memory per task and stage, GEM QP margin, A-GEM reference sample,
-    # the optimizer that applies the projected gradient ("sgd", as both papers, or the run's "adamw")
-    # and the SGD learning rate (both stages; measured in docs/baselines.md)
-    gem_memory_size: int = 16
-    gem_margin: float = 0.5
-    agem_sample_size: int = 16
-    projection_optimizer: str = "sgd"
-    sgd_lr: float = 0.1
-    # CPPO (strategies/cppo.py): category threshold k (batch mean +- k*std), retention coefficient,
-    # the lower / upper per-sample weights (alpha, beta in {lb, 1, ub})
-    cppo_k: float = 1.0
-    cppo_retention: float = 0.1
-    cppo_lb: float = 0.5
-    cppo_ub: float = 2.0
-    # O-LoRA (strategies/olora.py): weight of sum |A_s A_t^T| and of ||new adapter||^2
-    olora_lambda_orth: float = 0.1
-    olora_lambda_l2: float = 0.0
-    # L2P (strategies/l2p.py): prompt pool size, tokens per prompt, prompts selected, key-loss weight
-    l2p_pool_size: int = 10
-    l2p_prompt_length: int = 5
-    l2p_top_k: int = 3
-    l2p_key_lambda: float = 0.5
-    l2p_lr: float = 0.03                  # prompts and keys (L2P paper and configs: Adam, lr 0.03)
+class MethodOptions(Options):  # the `method` keys every method shares; each plugin adds its own options
+    name: Literal[tuple(sorted(METHODS))] = "lifealign"
+    loss: Literal[None, "dpo", "fpo"] = None  # None: the method's own
+    replay: bool | None = None                # None: the method's own
+    beta: Float = Field(0.1, gt=0)            # DPO / FPO: the scale of the implicit reward
+    gamma: Float = Field(2.0, ge=0)           # FPO: the focal exponent (0 is DPO)
+    sft: bool = True                          # run the SFT stage before the preference stage
 
 
-@dataclass
-class EvalConfig:
-    batch_size: int = 16                  # pairs per forward pass
+class EvalConfig(Options):
+    batch_size: int = Field(16, ge=1)     # pairs per forward pass
     generation: bool = False              # BLEU-4 / ROUGE-L of generated responses (and the judge's input)
-    gen_prompts: int | None = 32          # test prompts per task that are generated for (None: all)
-    max_new_tokens: int = 128
-    gen_batch_size: int = 8
+    gen_prompts: int | None = Field(32, ge=1)  # test prompts per task that are generated for (None: all)
+    max_new_tokens: int = Field(128, ge=1)
+    gen_batch_size: int = Field(8, ge=1)
     sampling: bool = False                # False: greedy; True: the paper's temperature / top-p sampling
-    temperature: float = 0.95
-    top_p: float = 0.7
+    temperature: Float = Field(0.95, gt=0)
+    top_p: Float = Field(0.7, gt=0, le=1)
     judge: bool = False                   # score generations with an LLM judge (needs generation)
     judge_base_url: str | None = None     # None: $LIFEALIGN_JUDGE_BASE_URL
     judge_model: str | None = None        # None: $LIFEALIGN_JUDGE_MODEL
     judge_api_key_env: str = "LIFEALIGN_JUDGE_API_KEY"  # the key itself never enters the config
 
 
-@dataclass
-class Config:
+# The `method` section: MethodOptions and every plugin's options (Plugin.options), each key declared once.
+_PLUGIN_OPTIONS = list(dict.fromkeys(p.options for p in PLUGINS if p.options is not None))
+MethodConfig = create_model("MethodConfig", __base__=(*reversed(_PLUGIN_OPTIONS), MethodOptions), __module__=__name__)
+if len(MethodConfig.model_fields) < sum(len(m.model_fields) for m in (MethodOptions, *_PLUGIN_OPTIONS)):
+    raise TypeError("a key of the `method` section is declared by two option models")
+
+
+class Config(Options):
     name: str = "lifealign"
     out: str = "runs/lifealign"
     seed: int = 0
     cache_dir: str | None = None          # None: $LIFEALIGN_CACHE or ~/.cache/lifealign
     progress: bool = True
     group_by_length: bool = True          # length-grouped training batches (less padding)
-    engine: str = "ours"                  # preference-stage trainer: ours, or trl (TRL's DPOTrainer, as FPOTrainer)
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    sft: StageConfig = field(default_factory=lambda: StageConfig(epochs=1.0, lr=2e-4))
-    pref: StageConfig = field(default_factory=lambda: StageConfig(epochs=2.0, lr=2e-4))
-    method: MethodConfig = field(default_factory=MethodConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    engine: Literal["ours", "trl"] = "ours"  # preference-stage trainer: ours, or TRL's DPOTrainer (as FPOTrainer)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    # A section given in the YAML starts from StageConfig's defaults (epochs 1), also for `pref`.
+    sft: StageConfig = Field(default_factory=StageConfig)
+    pref: StageConfig = Field(default_factory=lambda: StageConfig(epochs=2.0))
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
 
-CHOICES = {
-    "engine": ["ours", "trl"],
-    "data.on_invalid": ["filter", "error"],
-    "model.precision": ["auto", "bf16", "fp32"],
-    "method.loss": [None, "dpo", "fpo"],
-    "method.ewc_scope": ["task", "stage"],
-    "method.projection_optimizer": ["sgd", "adamw"],
-    "sft.scheduler": ["cosine", "linear", "constant", "constant_with_warmup"],
-    "pref.scheduler": ["cosine", "linear", "constant", "constant_with_warmup"],
-}
-
-POSITIVE = {"method.sgd_lr", "method.l2p_lr"}  # learning rates: a zero or negative one is a mistake
+def _locate(loc):
+    """An error location's dotted key, its field and the model the location ends in."""
+    model, names, field = Config, [], None
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields):
+            break
+        field, model = model.model_fields[part], model.model_fields[part].annotation
+        names.append(part)
+    return ".".join(names), field, model
 
 
-def _build(cls, values, prefix):
-    if not isinstance(values, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown key {prefix}{unknown[0]}; allowed keys: {', '.join(fields)}")
-    obj = cls()
-    for name, value in values.items():
-        key = f"{prefix}{name}"
-        default = getattr(obj, name)
-        if dataclasses.is_dataclass(default):
-            value = _build(type(default), value, key + ".")
-        else:
-            value = _check_type(key, value, default, fields[name].type)
-            if key in CHOICES and value not in CHOICES[key]:
-                raise ConfigError(f"{key} = {value!r} is not allowed; allowed values: {CHOICES[key]}")
-            if key in POSITIVE and not value > 0:
-                raise ConfigError(f"{key} = {value!r}: must be positive")
-        setattr(obj, name, value)
-    return obj
+def _choices(annotation):
+    """The values of a Literal annotation, or of the Literal items of a list[...]."""
+    return list(get_args(annotation)) if get_origin(annotation) is Literal else _choices(get_args(annotation)[0])
 
 
-def _check_type(key, value, default, annotation):
-    text = str(annotation)
-    if value is None:
-        if "None" in text:
-            return None
-        raise ConfigError(f"{key} may not be null")
-    if isinstance(value, bool) and "bool" not in text:
-        raise ConfigError(f"{key} = {value!r}: expected {text}")
-    if "float" in text and isinstance(value, str):
-        try:  # YAML 1.1 reads 1e-4 (no dot) as a string
-            return float(value)
-        except ValueError:
-            pass
-    if "float" in text and isinstance(value, (int, float)):
-        return float(value) if not ("int" in text and isinstance(value, int)) else value
-    if "int" in text and isinstance(value, int):
-        return value
-    if "bool" in text and isinstance(value, bool):
-        return value
-    if "str" in text and isinstance(value, str):
-        return value
-    if ("list" in text) and isinstance(value, list):
-        return value
-    raise ConfigError(f"{key} = {value!r}: expected {text}")
+def _message(error):
+    """(dotted key, message) of one pydantic error."""
+    (key, field, model), kind, value = _locate(error["loc"]), error["type"], error["input"]
+    if kind == "extra_forbidden":
+        key = ".".join(map(str, error["loc"]))
+        return key, f"unknown key {key}; allowed keys: {', '.join(model.model_fields)}"
+    if kind == "model_type":
+        return key, f"{key or 'config'}: expected a mapping, got {value!r}"
+    if kind == "literal_error":
+        return key, f"{key} = {value!r} is not allowed; allowed values: {_choices(field.annotation)}"
+    if {"gt", "ge", "lt", "le"} & set(error.get("ctx", {})):  # a range: float keys show the value as read
+        bound = "positive" if error["ctx"] == {"gt": 0} else error["msg"].removeprefix("Input should be ")
+        return key, f"{key} = {yaml_number(value) if field.annotation is float else value!r}: must be {bound}"
+    return key, f"{key} = {value!r}: expected {getattr(field.annotation, '__name__', field.annotation)}"
 
 
 def parse_override(text):
@@ -200,17 +137,16 @@ def parse_override(text):
 
 def set_path(tree, key, value):
     """Set tree['a']['b'] = value for key 'a.b', creating sections as needed."""
-    parts = key.split(".")
-    node = tree
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
+    *sections, last = key.split(".")
+    for part in sections:
+        tree = tree.setdefault(part, {})
+        if not isinstance(tree, dict):
             raise ConfigError(f"--set {key}: {part} is not a section")
-    node[parts[-1]] = value
+    tree[last] = value
 
 
 def load_config(path=None, overrides=()):
-    """Read a YAML config (or none: defaults) and apply `key=value` overrides."""
+    """Read a YAML config (or none: defaults) and apply overrides: `key=value` strings or (key, value)."""
     values = {}
     if path is not None:
         path = Path(path)
@@ -222,11 +158,15 @@ def load_config(path=None, overrides=()):
     for item in overrides:
         key, value = parse_override(item) if isinstance(item, str) else item
         set_path(values, key, value)
+    return config_from_dict(values, source=path or "config")
+
+
+def config_from_dict(values, source=None):
+    """A Config from nested mappings; each error names its dotted key, after `source: ` when given."""
     try:
-        return _build(Config, values, "")
-    except ConfigError as err:
-        raise ConfigError(f"{path or 'config'}: {err}") from None
-
-
-def config_from_dict(values):
-    return _build(Config, values, "")
+        return Config.model_validate(values)
+    except ValidationError as err:
+        messages = {}
+        for error in err.errors():
+            messages.setdefault(*_message(error))  # a union's alternatives: one message per key
+        raise ConfigError((f"{source}: " if source else "") + "\n".join(messages.values())) from None

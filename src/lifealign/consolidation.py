@@ -6,9 +6,20 @@ the history of refined updates.
 """
 import torch
 
+from .lora import lora_parameters, tensor_nbytes
+
 # Singular values below this share of the largest are treated as zero: a zero or repeated update in
 # the history must not contribute arbitrary directions to the historical subspace.
 _RANK_TOL = 1e-6
+
+
+def energy_rank(singular_values, threshold):
+    """The smallest number k of leading singular directions holding >= threshold of the energy
+    (the sum of squared singular values)."""
+    energy = singular_values.square()
+    share = energy.cumsum(0) / energy.sum()
+    # Tolerance so that threshold = 1 keeps every direction despite rounding in the cumulative sum.
+    return min(int((share < threshold - 1e-9).sum().item()) + 1, singular_values.numel())
 
 
 def denoise(update, threshold=0.9):
@@ -17,14 +28,10 @@ def denoise(update, threshold=0.9):
     Returns (refined update, k). An update with ~zero energy is returned as it is (k = 0).
     """
     u, s, vh = torch.linalg.svd(update, full_matrices=False)
-    energy = s.square()
-    total = energy.sum()
+    total = s.square().sum()
     if total <= torch.finfo(update.dtype).tiny or not torch.isfinite(total):
         return update.clone(), 0
-    share = energy.cumsum(0) / total
-    # Tolerance so that threshold = 1 keeps every direction despite rounding in the cumulative sum.
-    k = int((share < threshold - 1e-9).sum().item()) + 1
-    k = min(k, s.numel())
+    k = energy_rank(s, threshold)
     return (u[:, :k] * s[:k]) @ vh[:k], k
 
 
@@ -64,11 +71,6 @@ def consolidate(update, history, threshold=0.9, lam=0.5):
     return consolidate_with_stats(update, history, threshold, lam)[0]
 
 
-def lora_parameters(model):
-    """Every LoRA A and B matrix of the model by name (trainable or frozen, all adapters)."""
-    return {n: p for n, p in model.named_parameters() if "lora_A" in n or "lora_B" in n}
-
-
 class SLMC:
     """Per-matrix SLMC state for one run: stage-start snapshots and the history of refined updates.
 
@@ -83,8 +85,7 @@ class SLMC:
         self._start = {}
 
     def begin_stage(self, model):
-        self._start = {n: p.detach().float().cpu().clone()
-                       for n, p in lora_parameters(model).items() if p.requires_grad}
+        self._start = {n: p.detach().float().cpu().clone() for n, p in lora_parameters(model, trainable=True).items()}
 
     @torch.no_grad()
     def end_stage(self, model):
@@ -108,7 +109,7 @@ class SLMC:
         self.threshold, self.lam, self.history = state["threshold"], state["lam"], state["history"]
 
     def nbytes(self):
-        return sum(t.numel() * t.element_size() for hist in self.history.values() for t in hist)
+        return tensor_nbytes(t for hist in self.history.values() for t in hist)
 
 
 def summarize_report(report):

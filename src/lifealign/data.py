@@ -22,12 +22,13 @@ import hashlib
 import json
 import os
 import random
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .io import write_bytes
 
 # -----------------------------------------------------------------------------
 # the task suite: the paper's six preference tasks
@@ -62,8 +63,6 @@ ORDERS: dict[str, list[str]] = {
     "order3": [_T[2], _T[0], _T[5], _T[3], _T[1], _T[4]],  # T3 T1 T6 T4 T2 T5
 }
 del _T
-
-SPLITS = ("train", "test")
 
 # -----------------------------------------------------------------------------
 # the official files
@@ -105,6 +104,24 @@ class DataError(ValueError):
 
 class TaskUnavailable(DataError):
     """The task has no data in the data directory (no test.json)."""
+
+
+def task_name(name: str) -> str:
+    """The task's name (its folder in the release) for a task name or short name ("harmless");
+    DataError listing the known ones otherwise."""
+    if name in TASKS:
+        return name
+    for task in TASKS.values():
+        if name == task.short:
+            return task.name
+    known = ", ".join(f"{t.name} ({t.short})" for t in TASKS.values())
+    raise DataError(f"unknown task {name!r}; known tasks: {known}")
+
+
+def short_name(name: str) -> str:
+    """The short name of a task for tables and figures; a name that is no task stays as it is."""
+    task = TASKS.get(name)
+    return task.short if task else name
 
 
 # -----------------------------------------------------------------------------
@@ -174,7 +191,7 @@ def download_release(
         got = git_blob_sha1(data)
         if got != want:
             raise DataError(f"{url}: SHA-1 mismatch: expected {want}, got {got} ({len(data)} bytes); file not written")
-        _write_atomic(path, data)
+        write_bytes(path, data)
     return paths
 
 
@@ -187,25 +204,6 @@ def _fetch(url: str, timeout: float) -> bytes:
         raise DataError(f"{url}: HTTP {e.code} {e.reason}") from e
     except (urllib.error.URLError, OSError) as e:  # includes timeouts
         raise DataError(f"{url}: download failed: {getattr(e, 'reason', e)}") from e
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder + os.replace; on failure remove what was made."""
-    made_dir = not path.parent.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        if made_dir:
-            try:
-                path.parent.rmdir()
-            except OSError:
-                pass
-        raise
 
 
 # -----------------------------------------------------------------------------
@@ -296,17 +294,6 @@ class TaskData:
     report: dict = field(default_factory=dict)
 
 
-def _canonical(name: str) -> str:
-    """Task folder name for a task name or short name; DataError listing the known ones otherwise."""
-    if name in TASKS:
-        return name
-    for task in TASKS.values():
-        if name == task.short:
-            return task.name
-    known = ", ".join(f"{t.name} ({t.short})" for t in TASKS.values())
-    raise DataError(f"unknown task {name!r}; known tasks: {known}")
-
-
 def _prompt_key(record: dict) -> str:
     return hashlib.sha1(record["prompt"].encode("utf-8")).hexdigest()
 
@@ -368,7 +355,7 @@ def load_task(
               "split_from_test" (bool), "available" (after filtering and splitting) and "used"
               (after subsampling)}. When split from test.json, both carry that file's counts.
     """
-    name = _canonical(name)
+    name = task_name(name)
     folder = Path(data_dir) / name
     train_path, test_path = folder / "train.json", folder / "test.json"
     if not test_path.is_file():
@@ -390,10 +377,8 @@ def load_task(
         overlap = {r["prompt"] for r in train} & {r["prompt"] for r in test}
         if overlap:
             notes.append(f"{len(overlap)} test prompt(s) also occur in train (as released; not removed)")
-    for rep in [test_report] if derived else [train_report, test_report]:
-        if sum(rep["filtered"].values()):
-            counts = ", ".join(f"{k} {v}" for k, v in rep["filtered"].items() if v)
-            notes.append(f"{rep['file']}: {sum(rep['filtered'].values())} record(s) filtered out ({counts})")
+    notes += [_filter_note(rep) for rep in ([test_report] if derived else [train_report, test_report])
+              if sum(rep["filtered"].values())]
 
     report = {"task": name, "notes": notes}
     picked = {}
@@ -402,12 +387,17 @@ def load_task(
         if note:
             notes.append(note)
         report[split] = dict(rep, split_from_test=derived, available=len(records), used=len(picked[split]))
-    train, test = picked["train"], picked["test"]
-    return TaskData(name=name, train=train, test=test, report=report)
+    return TaskData(name=name, train=picked["train"], test=picked["test"], report=report)
+
+
+def _filter_note(rep: dict) -> str:
+    """What `read_split` filtered out of one file, for a task's notes."""
+    counts = ", ".join(f"{k} {v}" for k, v in rep["filtered"].items() if v)
+    return f"{rep['file']}: {sum(rep['filtered'].values())} record(s) filtered out ({counts})"
 
 
 # -----------------------------------------------------------------------------
-# orders and replay
+# orders
 
 
 def resolve_order(order: str | list[str], data_dir: Path) -> tuple[list[str], list[dict]]:
@@ -422,7 +412,7 @@ def resolve_order(order: str | list[str], data_dir: Path) -> tuple[list[str], li
             raise DataError(f"unknown order {order!r}; allowed: {', '.join(ORDERS)} or a list of task names")
         names = ORDERS[order]
     else:
-        names = [_canonical(n) for n in order]
+        names = [task_name(n) for n in order]
     kept, dropped = [], []
     for name in names:
         test_path = Path(data_dir) / name / "test.json"
@@ -434,7 +424,3 @@ def resolve_order(order: str | list[str], data_dir: Path) -> tuple[list[str], li
         warnings.warn(f"dropping task {name!r} from the order: {reason}", stacklevel=2)
     return kept, dropped
 
-
-def replay_slice(records: list[dict], fraction: float = 0.2) -> list[dict]:
-    """The FIRST int(len(records) * fraction) records in file order: what a task adds to replay."""
-    return records[: int(len(records) * fraction)]

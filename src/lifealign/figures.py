@@ -6,9 +6,11 @@ import math
 
 import pandas as pd
 
+from .data import short_name as task_label
+from .metrics import mean_of as mean
 from .report import (KEY_LABELS, LABELS, METRIC_NAMES, METRIC_SHORT, ORDER_METHODS, _point, cell, fmt, fmt_stats,
                      stats, sweep_values)
-from .runs import COLUMNS, ORDER_NAMES, mean, pick, task_label
+from .runs import COLUMNS, ORDER_NAMES, pick
 
 
 def _style():

@@ -2,14 +2,16 @@
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 
 def _atomic(path, write):
+    """Write through a temp file in the same folder, moved into place with os.replace once complete;
+    a failed write leaves no temp file behind, nor the folder when this call made it."""
     path = Path(path)
+    made_dir = not path.parent.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -19,25 +21,44 @@ def _atomic(path, write):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
+        if made_dir:
+            try:
+                path.parent.rmdir()
+            except OSError:
+                pass
         raise
 
 
+def write_bytes(path, data):
+    _atomic(path, lambda f: f.write(data))
+
+
 def write_json(path, obj):
-    _atomic(path, lambda f: f.write((json.dumps(obj, indent=1, default=_jsonable) + "\n").encode()))
+    write_bytes(path, (json.dumps(obj, indent=1, default=_jsonable) + "\n").encode())
 
 
 def write_text(path, text):
-    _atomic(path, lambda f: f.write(text.encode()))
+    write_bytes(path, text.encode())
 
 
 def torch_save(obj, path):
+    import torch
+
     _atomic(path, lambda f: torch.save(obj, f))
 
 
 def read_json(path):
     return json.loads(Path(path).read_text())
+
+
+def fresh_dir(path):
+    """An empty folder at `path` (whatever was there is removed): where a directory is written
+    before `replace_dir` moves it into place."""
+    path = Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
 
 
 def replace_dir(tmp_dir, final_dir):
@@ -49,8 +70,9 @@ def replace_dir(tmp_dir, final_dir):
 
 
 def _jsonable(value):
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
     if isinstance(value, Path):
         return str(value)
+    torch = sys.modules.get("torch")  # a tensor means torch is loaded; no import for plain JSON
+    if torch is not None and isinstance(value, torch.Tensor):
+        return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")

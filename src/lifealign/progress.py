@@ -18,6 +18,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -364,3 +365,63 @@ def is_live(state):
 
 def _now():
     return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+class GroupLine:
+    """While a run's notebook executes (papermill streams none of its output), the run's progress
+    from its progress.json with the group's place and ETA: one line updated in place on a
+    terminal, else a line per stage (and at least one a minute) through `log`."""
+
+    POLL_S = 1.0
+    QUIET_S = 60.0
+
+    def __init__(self, run_folder, label, later, durations, log):
+        self.run_folder, self.label, self.later, self.durations, self.log = run_folder, label, later, durations, log
+        self.started = time.time()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(bar_format="{desc}", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        if self.bar is not None:
+            self.bar.close()
+        return False
+
+    def elapsed(self):
+        return time.time() - self.started
+
+    def line(self, state):
+        """"[matrix 2/3] er-order1-s0 | task 2/5 HC3: preference 12/32 steps, 812 tok/s | run 4m10s,
+        ETA 3m02s | group ETA 12m40s"; the group's ETA adds, per run still to come, the mean time
+        of the runs this call finished, else this run's elapsed time plus its ETA."""
+        run_eta = state.get("eta_s")
+        text = f"{self.label} | {where(state)} | run {duration(self.elapsed())}"
+        if run_eta is None:
+            return text
+        per_run = sum(self.durations) / len(self.durations) if self.durations else self.elapsed() + run_eta
+        return f"{text}, ETA {duration(run_eta)} | group ETA {duration(run_eta + self.later * per_run)}"
+
+    def _watch(self):
+        shown, last_log = None, 0.0
+        while not self.stop.wait(self.POLL_S):
+            state = read_state(self.run_folder)
+            if not state or state.get("state") != "running":
+                continue
+            text = self.line(state)
+            if self.bar is not None:
+                self.bar.set_description_str(text)
+                continue
+            place = (state.get("task"), state.get("stage"))
+            if place != shown or time.time() - last_log >= self.QUIET_S:
+                self.log(text)
+                shown, last_log = place, time.time()

@@ -28,9 +28,11 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats as sps
 
+from .data import short_name as task_label
 from .io import write_text
+from .metrics import mean_of as mean
 from .run_code import RUN_CODE_VERSION
-from .runs import ORDER_NAMES, SUMMARIES, mean, pick, task_label
+from .runs import ORDER_NAMES, SUMMARIES, pick
 
 METRIC_NAMES = {"reward_accuracy": "implicit-reward accuracy", "loglik_accuracy": "log-likelihood preference accuracy",
                 "bleu4": "BLEU-4", "rougel": "ROUGE-L", "judge": "LLM judge"}
@@ -194,11 +196,10 @@ def versus(df, specs, metrics, keys, paper=None):
 
 
 def tables(df, paper, default_lambda, default_theta):
-    """Every table of ours, by the name the report saves it under: main_table (Table 1: BLEU-4 and
-    ROUGE-L beside the paper's), judge_free (implicit-reward and log-likelihood accuracy, which the
-    paper has not: BWT, Last, AP, FWT, forgetting, intransigence), ablation ({DPO, FPO} x {no SLMC,
-    SLMC}, all with replay), orders (ER, CPPO and LifeAlign over the three orders) and sensitivity
-    (LifeAlign over lambda and theta; the default point is the main grid's runs)."""
+    """Every table of ours by the name the report saves it under: main_table (Table 1: BLEU-4, ROUGE-L),
+    judge_free (implicit-reward and log-likelihood accuracy, which the paper has not), ablation ({DPO,
+    FPO} x {no SLMC, SLMC}, all with replay), orders (ER, CPPO and LifeAlign over the three orders),
+    sensitivity (LifeAlign over lambda and theta; the default point is the main grid's runs)."""
     main = [({"method": LABELS[m]}, _main(m)) for m in MAIN_METHODS]
     ablation = [({"row": row, "loss + SLMC": ("FPO" if fpo else "DPO") + (" + SLMC" if slmc else ""),
                   "method": LABELS[m]}, _ablation(row)) for row, m, fpo, slmc in ABLATION]
@@ -236,9 +237,8 @@ def learned_table(runs, metric="reward_accuracy", methods=("seqft", "er", "lifea
 
 
 def coverage(runs, expected, left_out=None):
-    """Which runs of the profile's grid count: `expected` = {group: [run ids]} (pipeline.grid),
-    `left_out` = runs.load_runs' excluded. Per group: the runs that count, those with no results at
-    all (missing) and those left out, with why."""
+    """Which runs of the profile's grid count (`expected` = {group: [run ids]}, pipeline.grid), which have
+    no results at all (missing) and which are left out, with why (`left_out`: runs.load_runs' excluded)."""
     have, left_out, rows = {(r.group, r.id) for r in runs}, left_out or {}, []
     for group, ids in expected.items():
         reasons = {}

@@ -10,14 +10,9 @@ place atomically with its adapter, strategy state, optimizer and RNG state and i
                              generations.json
       results.json           rebuilt after every task
 """
-import contextlib
 import hashlib
-import importlib.metadata
-import json
 import os
-import platform
 import random
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -28,24 +23,21 @@ from safetensors.torch import load_file, save_file
 
 from . import data as data_mod
 from .config import ConfigError, config_from_dict, parse_override, set_path
-from .consolidation import lora_parameters
-from .evaluation import METRICS, evaluate_base, evaluate_policy
-from .generation import decoding_description, generate_responses, generation_scores
+from .evaluation import RowEvaluator
 from .integrations import trl_engine
-from .judge import Judge, JudgeConfig
-from .io import read_json, replace_dir, torch_save, write_json
+from .io import fresh_dir, read_json, replace_dir, torch_save, write_json
+from .lora import add_lora, copy_into, lora_parameters
 from .losses import PREFERENCE_LOSSES
-from .metrics import summarize
-from .models import (add_lora, cache_root, freeze_base_in_bf16, load_model, machine_description, model_fingerprint,
-                     pick_precision)
+from .machine import cache_root, machine_description, pick_precision, versions
+from .metrics import format_summary, run_metrics  # noqa: F401  (format_summary: lifealign.runner's API)
+from .models import freeze_base_in_bf16, load_model, model_fingerprint
 from .progress import RunProgress, after_stage_label, task_stages
-from .reference import ReferenceCache, autocast, pair_key
+from .reference import ReferenceCache, autocast
 from .run_code import RUN_CODE_VERSION
 from .strategies import build_strategy
-from .training import (ListDataset, StageTrainer, clean_response, collate_pairs, collate_sft, encode_records,
-                       example_lengths, make_preference_loss, sft_loss, training_arguments)
-
-STAGES = ("sft", "pref")
+from .training import (STAGES, ListDataset, StageTrainer, collate_pairs, collate_sft, encode_records,
+                       example_lengths, make_preference_loss, pair_tokens, sft_loss, stage_seed, trainable_parameters,
+                       training_arguments)
 
 
 def _rank():
@@ -55,16 +47,6 @@ def _rank():
 def _barrier():
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
-
-
-def _versions():
-    out = {"python": platform.python_version()}
-    for pkg in ("lifealign", "torch", "transformers", "peft", "trl", "accelerate"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 def adapter_digest(model):
@@ -86,7 +68,10 @@ class ContinualLoop:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.precision = pick_precision(self.device) if cfg.model.precision == "auto" else cfg.model.precision
         self.strategy = build_strategy(cfg)
-        self.loss_fn = PREFERENCE_LOSSES[self.strategy.loss]
+        # The method's preference loss, resolved here once: DPO, or FPO with its focal gamma.
+        self.loss_kwargs = {"gamma": cfg.method.gamma} if self.strategy.loss == "fpo" else {}
+        self.preference_loss = make_preference_loss(PREFERENCE_LOSSES[self.strategy.loss], cfg.method.beta,
+                                                    **self.loss_kwargs)
         if cfg.engine == "trl":
             trl_engine.check_strategy(self.strategy)
         self.task_index = None
@@ -146,6 +131,9 @@ class ContinualLoop:
                             progress=cfg.progress and self.is_main, write=self.is_main)
         self.timings["reference_s"] = time.perf_counter() - t0
         self.timings["reference_cache"] = {"hits": self.ref_cache.hits, "misses": self.ref_cache.misses}
+        self.evaluator = RowEvaluator(cfg, self.tasks, tokenizer, self.precision, self.fingerprint,
+                                      self.strategy.share_prompt, self.is_main, self.progress.stage)
+        self.units = self.training_units()
 
     # ---------------------------------------------------------------- run
     def run(self, console=None):
@@ -154,11 +142,10 @@ class ContinualLoop:
         with self.progress:
             self.setup()
             self._check_config()
-            self.units = self.training_units()
-            done = self._completed_tasks()
+            done = self.completed_tasks()
             self.progress.plan(len(self.units), len(done), task_stages(self.cfg, self.strategy))
             if done:
-                self._restore(done[-1])
+                self.restore(done[-1])
                 print(f"resuming after task {len(done)}: {done[-1].name}")
             base = self._base_eval()
             for index, (name, records) in enumerate(self.units):
@@ -200,7 +187,8 @@ class ContinualLoop:
     def task_dir(self, index, name):
         return self.out / "tasks" / f"{index + 1:02d}-{name}"
 
-    def _completed_tasks(self):
+    def completed_tasks(self):
+        """The folders of the finished tasks, in training order."""
         done = []
         for index, (name, _) in enumerate(self.units):
             path = self.task_dir(index, name)
@@ -215,117 +203,14 @@ class ContinualLoop:
             return read_json(path)
         self.progress.stage("evaluation")
         t0 = time.perf_counter()
-        evals, generations = self.evaluate_row(base=True)
+        evals, generations = self.evaluator.row(self.model, base=True)
         self.timings["base_eval_s"] = time.perf_counter() - t0
+        self.timings["base_row_cache"] = self.evaluator.base_row_cache
         if self.is_main:
             if generations:
                 write_json(self.out / "base_generations.json", generations)
             write_json(path, evals)
         return evals
-
-    def base_row_path(self):
-        """Where the base model's evaluation row (scores and generations, without the judge) is cached:
-        the same for every run with the same model, precision, test pairs, tokenisation and decoding."""
-        cfg, ev = self.cfg, self.cfg.eval
-        key = {"fingerprint": self.fingerprint, "precision": self.precision, "beta": cfg.method.beta,
-               "max_length": cfg.model.max_length, "max_prompt_length": cfg.model.max_prompt_length,
-               "pairs": {name: [pair_key(r) for r in task.test] for name, task in self.tasks.items()}}
-        if ev.generation:
-            key["generation"] = {"decoding": self.decoding(), "batch_size": ev.gen_batch_size,
-                                 "seed": cfg.seed if ev.sampling else None,
-                                 "prompts": {name: [r["ids"]["prompt"] for r in records]
-                                             for name, records in self._generation_records().items()}}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else cache_root()
-        return cache_dir / "base-eval" / f"{self.fingerprint}-{self.precision}-{digest}.json"
-
-    def _generation_records(self):
-        n = self.cfg.eval.gen_prompts
-        return {name: task.test[:n] if n else task.test for name, task in self.tasks.items()}
-
-    # ---------------------------------------------------------------- evaluation
-    def evaluate_row(self, base=False, generations=None):
-        """Every task's test set scored by the current policy (or the untrained base model):
-        judge-free preference scores, and when enabled BLEU-4 / ROUGE-L of generated responses and
-        the LLM judge. Saved generations are reused instead of generating again; the base model's
-        row comes from the disk cache (base_row_path) when an earlier run computed it."""
-        cached = self.base_row_path() if base and not generations else None
-        if cached is not None and cached.exists():
-            row = read_json(cached)
-            evals, generations = row["evals"], row["generations"]
-            self.timings["base_row_cache"] = "hit"
-        else:
-            evals, generations = self._score_row(base, generations)
-            if cached is not None:
-                self.timings["base_row_cache"] = "miss"
-                if self.is_main:
-                    write_json(cached, {"evals": evals, "generations": generations})
-        if self.cfg.eval.generation and self.cfg.eval.judge:
-            self._judge(evals, generations)
-        return evals, generations
-
-    def _score_row(self, base, generations):
-        cfg, ev = self.cfg, self.cfg.eval
-        progress = cfg.progress and self.is_main
-        evals, generations = {}, dict(generations or {})
-        if ev.generation and ev.judge and not getattr(self, "judge_checked", False):
-            self._judge_client().preflight()  # a wrong key or an absent server stops before generating
-            self.judge_checked = True
-        for name, task in self.tasks.items():
-            if base:
-                evals[name] = evaluate_base(task.test, cfg.method.beta)
-            else:
-                evals[name] = evaluate_policy(self.model, task.test, self.pad_id, cfg.method.beta, ev.batch_size,
-                                              self.precision, progress=progress, desc=f"eval {name}",
-                                              share_prompt=self.strategy.share_prompt)
-        if ev.generation:
-            self.progress.stage("generation")
-            records = self._generation_records()
-            todo = [name for name in records
-                    if generations.get(name) is None or generations[name].get("decoding") != self.decoding()]
-            if todo:
-                # One call for every task's prompts: batches of prompts of similar length across tasks.
-                prompts = [r["prompt"] for name in todo for r in records[name]]
-                adapter_off = self.model.disable_adapter() if base else contextlib.nullcontext()
-                with adapter_off:
-                    responses = generate_responses(
-                        self.model, self.tokenizer, prompts, ev.max_new_tokens, ev.gen_batch_size, ev.sampling,
-                        ev.temperature, ev.top_p, cfg.seed, cfg.model.max_prompt_length, self.precision,
-                        progress=progress)
-                start = 0
-                for name in todo:
-                    end = start + len(records[name])
-                    generations[name] = {"decoding": self.decoding(), "responses": responses[start:end]}
-                    start = end
-            for name, task_records in records.items():
-                references = [clean_response(r["chosen"]) for r in task_records]
-                evals[name].update(generation_scores(generations[name]["responses"], references))
-        return evals, generations
-
-    def decoding(self):
-        ev = self.cfg.eval
-        return decoding_description(ev.sampling, ev.temperature, ev.top_p, ev.max_new_tokens)
-
-    def _judge_client(self):
-        ev = self.cfg.eval
-        config = JudgeConfig.from_env(ev.judge_base_url, ev.judge_model, api_key_env=ev.judge_api_key_env)
-        if config is None:
-            raise ConfigError("eval.judge is on but no judge is configured: set eval.judge_base_url and "
-                              "eval.judge_model (or LIFEALIGN_JUDGE_BASE_URL / LIFEALIGN_JUDGE_MODEL)")
-        cache_dir = Path(self.cfg.cache_dir) if self.cfg.cache_dir else cache_root()
-        return Judge(config, cache_dir / "judge.sqlite")
-
-    def _judge(self, evals, generations):
-        judge = self._judge_client()
-        for name, task in self.tasks.items():
-            responses = generations[name]["responses"]
-            items = [{"prompt": r["prompt"], "response": resp, "reference": clean_response(r["chosen"]),
-                      **({"false_answers": r["rejected"]} if name == "TruthfulQA" else {})}
-                     for r, resp in zip(task.test, responses)]
-            scored = judge.score_many(name, items, progress=self.cfg.progress and self.is_main)
-            evals[name]["judge"] = scored["score"]
-            evals[name]["judge_failures"] = scored["failures"]
-            evals[name]["judge_failure_reasons"] = scored["failure_reasons"]
 
     # ---------------------------------------------------------------- one task
     def _train_task(self, index, name, train_records):
@@ -334,17 +219,17 @@ class ContinualLoop:
         print(f"== task {index + 1}/{len(self.units)}: {name} ({self.strategy.name}, {len(train_records)} pairs)")
         self.progress.task(index, name)
         record = {"task": name, "stages": {}}
-        self.strategy.on_task_start(self, name)
+        self.strategy.dispatch("on_task_start", self, name)
         stages = STAGES if cfg.method.sft else ("pref",)
         for stage in stages:
             record["stages"][stage] = self._train_stage(index, stage, name, train_records)
-        self.strategy.on_task_end(self, name)
+        self.strategy.dispatch("on_task_end", self, name)
 
         t0 = time.perf_counter()
         self.progress.stage("evaluation")
-        evals, generations = self.evaluate_row()
+        evals, generations = self.evaluator.row(self.model)
         record["eval_s"] = time.perf_counter() - t0
-        record["eval_tokens"] = sum(_pair_tokens(t.test) for t in self.tasks.values())
+        record["eval_tokens"] = sum(pair_tokens(t.test) for t in self.tasks.values())
         record["state_bytes"] = self.strategy.state_nbytes()
         record["adapter_digest"] = adapter_digest(self.model)
         if self.is_main:
@@ -361,17 +246,16 @@ class ContinualLoop:
         if stage == "pref":
             self.ref_cache.fill(self.model, records, self.pad_id, cfg.eval.batch_size, self.precision,
                                 write=self.is_main)
-        self.strategy.on_stage_start(self, stage)
+        self.strategy.dispatch("on_stage_start", self, stage)
         self.model.train()
-        seed = cfg.seed * 1000 + index * 10 + STAGES.index(stage)
+        seed = stage_seed(cfg.seed, index, stage)
         args = training_arguments(stage_cfg, self.out / "trainer", seed, self.precision,
                                   False, self.device)  # the stage's bar is self.progress's
         if stage == "sft":
             stage_loss = sft_loss
             collate = lambda ex: collate_sft(ex, self.pad_id)  # noqa: E731
         else:
-            stage_loss = make_preference_loss(self.loss_fn, cfg.method.beta,
-                                              **({"gamma": cfg.method.gamma} if self.strategy.loss == "fpo" else {}))
+            stage_loss = self.preference_loss
             collate = lambda ex: collate_pairs(ex, self.pad_id, self.strategy.share_prompt)  # noqa: E731
         self.stage_records, self.stage_loss, self.collate = records, stage_loss, collate
         if stage == "pref" and cfg.engine == "trl":  # TRL's DPOTrainer as the preference stage
@@ -380,7 +264,9 @@ class ContinualLoop:
             trainer = StageTrainer(
                 model=self.model, args=args, train_dataset=ListDataset(records), data_collator=collate,
                 optimizers=(self._optimizer(stage, stage_cfg), None), stage_loss=stage_loss,
-                hooks=_StageHooks(self, stage), lengths=example_lengths(records, stage) if cfg.group_by_length else None,
+                extra_loss=lambda model, batch, outputs: self.strategy.extra_loss(self, stage, model, batch, outputs),
+                before_optimizer_step=lambda: self.strategy.dispatch("before_optimizer_step", self, stage, self.model),
+                lengths=example_lengths(records, stage) if cfg.group_by_length else None,
             )
         trainer.add_callback(self.progress.callback(lambda: getattr(trainer, "tokens_seen", 0) * self.world_size))
         t0 = time.perf_counter()
@@ -402,10 +288,10 @@ class ContinualLoop:
         }
 
     def _optimizer(self, stage, stage_cfg):
-        """One optimizer per stage kind for the whole run: its state carries over between tasks (spec
-        section 2); the LR schedule restarts with each trainer. AdamW at the stage's learning rate
+        """One optimizer per stage kind for the whole run: its state carries over between tasks; the
+        LR schedule restarts with each trainer. AdamW at the stage's learning rate
         unless the strategy builds its own (`Strategy.make_optimizer`)."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = list(trainable_parameters(self.model).values())
         opt = self.optimizers.get(stage)
         if opt is None or {id(p) for g in opt.param_groups for p in g["params"]} != {id(p) for p in params}:
             opt = (self.strategy.make_optimizer(self, stage, params, stage_cfg)
@@ -416,10 +302,7 @@ class ContinualLoop:
     # ---------------------------------------------------------------- save / restore
     def _save_task(self, index, name, evals, record, generations):
         final = self.task_dir(index, name)
-        tmp = final.parent / f".tmp-{final.name}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        tmp = fresh_dir(final.parent / f".tmp-{final.name}")
         self.model.save_pretrained(tmp / "adapter")  # PEFT format, for users and `lifealign eval`
         # Every LoRA matrix by its exact name (all adapters, frozen ones too): what a restart loads.
         save_file({n: p.detach().cpu().contiguous() for n, p in lora_parameters(self.model).items()},
@@ -435,18 +318,17 @@ class ContinualLoop:
         write_json(tmp / "train.json", record)
         replace_dir(tmp, final)
 
-    def _restore(self, task_dir):
+    def restore(self, task_dir):
+        """Load a finished task's adapter, strategy, optimizer and RNG state: the loop as it was then."""
         state = torch.load(task_dir / "state.pt", weights_only=False)
         # Strategy state first: a plugin may rebuild model structure (e.g. one adapter per task).
         self.strategy.load_state_dict(state["strategy"])
-        self.strategy.on_restore(self)
+        self.strategy.dispatch("on_restore", self)
         weights = load_file(task_dir / "lora.safetensors")
         params = lora_parameters(self.model)
         if set(weights) != set(params):
             raise RuntimeError(f"{task_dir}/lora.safetensors does not match the model's LoRA matrices")
-        with torch.no_grad():
-            for name, value in weights.items():
-                params[name].copy_(value)
+        copy_into(params, weights)
         for stage, opt_state in state["optimizers"].items():
             self._optimizer(stage, getattr(self.cfg, stage)).load_state_dict(opt_state)
         torch.set_rng_state(state["rng"]["torch"])
@@ -461,25 +343,8 @@ class ContinualLoop:
             if not path.exists():
                 break
             rows.append((read_json(path / "eval.json"), read_json(path / "train.json")))
-        metrics = {}
-        present = [m for m in ALL_METRICS if rows and all(m in rows[0][0][t] for t in self.order)]
-        for metric in present:
-            matrix = [[ev[t][metric] for t in self.order] for ev, _ in rows]
-            base_row = [base[t].get(metric) for t in self.order]
-            k = len(matrix)
-            if len(self.units) == 1 and len(self.order) > 1:  # joint training: one row, no sequence
-                summary = {"last": _mean_of(matrix[0])} if matrix else {}
-            else:
-                summary = summarize([r[:k] for r in matrix], base_row[:k]) if k else {}
-            metrics[metric] = {"base": base_row, "matrix": matrix, "summary": summary}
-            if metric == "judge":
-                # failures are counted per cell, never averaged away in silence
-                metrics[metric]["failures"] = [[ev[t].get("judge_failures", 0) for t in self.order] for ev, _ in rows]
-                metrics[metric]["base_failures"] = [base[t].get("judge_failures", 0) for t in self.order]
-        if all(m in metrics for m in ("bleu4", "rougel", "judge")):
-            # The paper's AVG: the mean of BLEU-4, ROUGE-L and the judge, per summary statistic.
-            parts = [metrics[m]["summary"] for m in ("bleu4", "rougel", "judge")]
-            metrics["avg"] = {"summary": {k: _mean_of([p.get(k) for p in parts]) for k in parts[0]}}
+        joint = len(self.units) == 1 and len(self.order) > 1  # one unit of every task: no sequence
+        metrics = run_metrics([ev for ev, _ in rows], base, self.order, joint)
         results = {
             "name": self.cfg.name,
             "config": self.cfg.to_dict(),
@@ -493,10 +358,10 @@ class ContinualLoop:
             "model": {"name": self.cfg.model.name, "fingerprint": self.fingerprint, "precision": self.precision,
                       "device": self.device},
             "metrics": metrics,
-            "decoding": self.decoding() if self.cfg.eval.generation else None,
+            "decoding": self.evaluator.decoding() if self.cfg.eval.generation else None,
             "training": [tr for _, tr in rows],
             "timings": self.timings,
-            "versions": _versions(),
+            "versions": versions(),
             "run_code_version": RUN_CODE_VERSION,
             "machine": machine_description(self.device),
             "world_size": self.world_size,
@@ -514,31 +379,6 @@ class ContinualLoop:
         digests = [None] * self.world_size
         torch.distributed.all_gather_object(digests, digest)
         return digests
-
-
-ALL_METRICS = METRICS + ("bleu4", "rougel", "judge")
-
-
-def _mean_of(values):
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
-
-
-def _pair_tokens(records):
-    return sum(2 * len(r["ids"]["prompt"]) + len(r["ids"]["chosen"]) + len(r["ids"]["rejected"]) for r in records)
-
-
-class _StageHooks:
-    """Binds the strategy's per-step hooks to the loop and stage for the trainer."""
-
-    def __init__(self, loop, stage):
-        self.loop, self.stage = loop, stage
-
-    def extra_loss(self, model, batch, outputs):
-        return self.loop.strategy.extra_loss(self.loop, self.stage, model, batch, outputs)
-
-    def before_optimizer_step(self):
-        self.loop.strategy.before_optimizer_step(self.loop, self.stage, self.loop.model)
 
 
 def run(cfg, console=None):
@@ -562,17 +402,15 @@ def reevaluate(run_dir, overrides=()):
     cfg = config_from_dict(values)
     loop = ContinualLoop(cfg)
     loop.setup()
-    loop.units = loop.training_units()
-    done = loop._completed_tasks()
     base_generations = _read_optional(run_dir / "base_generations.json")
-    base, base_generations = loop.evaluate_row(base=True, generations=base_generations)
+    base, base_generations = loop.evaluator.row(loop.model, base=True, generations=base_generations)
     if loop.is_main:
         write_json(run_dir / "base_eval.json", base)
         if base_generations:
             write_json(run_dir / "base_generations.json", base_generations)
-    for task_dir in done:
-        loop._restore(task_dir)
-        evals, generations = loop.evaluate_row(generations=_read_optional(task_dir / "generations.json"))
+    for task_dir in loop.completed_tasks():
+        loop.restore(task_dir)
+        evals, generations = loop.evaluator.row(loop.model, generations=_read_optional(task_dir / "generations.json"))
         if loop.is_main:
             write_json(task_dir / "eval.json", evals)
             if generations:
@@ -583,41 +421,3 @@ def reevaluate(run_dir, overrides=()):
 
 def _read_optional(path):
     return read_json(path) if Path(path).exists() else None
-
-
-def format_summary(results, timings=True):
-    """The run's matrices and summaries as text; `timings=False` leaves out the (machine-dependent)
-    time and throughput lines, e.g. for notebooks that must rerun to identical outputs."""
-    lines = [f"run {results['name']}: method {results['method']['name']} "
-             f"({results['method']['loss']}, plugins: {', '.join(results['method']['plugins']) or 'none'}), "
-             f"model {results['model']['name']} [{results['model']['precision']}]",
-             f"order: {' -> '.join(results['order'])}"]
-    for d in results["dropped_tasks"]:
-        lines.append(f"dropped: {d['task']} ({d['reason']})")
-    short = {name: data_mod.TASKS[name].short for name in results["order"]}
-    fmt = lambda v: f"{v:11.2f}" if v is not None else f"{'-':>11}"  # noqa: E731
-    shown = [m for m in ("reward_accuracy", "loglik_accuracy", "margin", "bleu4", "rougel", "judge")
-             if m in results["metrics"]]
-    for metric in shown:
-        m = results["metrics"][metric]
-        lines.append(f"\n{metric} (row = after task, column = evaluated task)")
-        lines.append(f"{'':>12}" + "".join(f"{short[t]:>11}" for t in results["order"]))
-        lines.append(f"{'base':>12}" + "".join(fmt(v) for v in m["base"]))
-        for name, row in zip(results["rows"], m["matrix"]):
-            lines.append(f"{short.get(name, name):>12}" + "".join(fmt(v) for v in row))
-        if "failures" in m and (any(any(r) for r in m["failures"]) or any(m["base_failures"])):
-            lines.append(f"  judge failures per cell: base {m['base_failures']}, rows {m['failures']}")
-        s = m["summary"]
-        lines.append("  " + "  ".join(f"{k} {v:.2f}" for k, v in s.items() if v is not None))
-    if "avg" in results["metrics"]:
-        s = results["metrics"]["avg"]["summary"]
-        lines.append("\nAVG (mean of BLEU-4, ROUGE-L, judge): "
-                     + "  ".join(f"{k} {v:.2f}" for k, v in s.items() if v is not None))
-    if results.get("decoding"):
-        lines.append(f"decoding: {results['decoding']}")
-    for tr in results["training"] if timings else []:
-        if not tr["stages"]:
-            continue
-        parts = [f"{st} {v['train_s']:.0f}s {v['tokens_per_s']:.0f} tok/s" for st, v in tr["stages"].items()]
-        lines.append(f"{tr['task']}: " + ", ".join(parts) + f", eval {tr['eval_s']:.0f}s")
-    return "\n".join(lines)

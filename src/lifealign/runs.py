@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .data import ORDERS, TASKS
+from .data import ORDERS
+from .metrics import mean_of as mean
 from .run_code import RUN_CODE_VERSION
 
 COLUMNS = ["group", "run", "method", "order", "seed", "sweep", "metric", "key", "value"]
@@ -45,12 +46,6 @@ class Run:
         """{task: m[i][i]}: each task's score right after its own training."""
         m = self.results["metrics"][metric]["matrix"]
         return {t: m[i][i] for i, t in enumerate(self.results["rows"]) if i < len(m) and m[i][i] is not None}
-
-
-def mean(values):
-    """The mean of the values that are not None; None if there are none."""
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
 
 
 def left_out(res, folder, state=None):
@@ -100,10 +95,6 @@ def order_name(order):
 def pick(runs, method=None, order="order1"):
     """The runs of a method (any if None) on an order at the config's settings."""
     return [r for r in runs if (method is None or r.method == method) and r.order == order and not r.sweep]
-
-
-def task_label(name):
-    return TASKS[name].short if name in TASKS else name
 
 
 def intransigence(run, stl_runs, metric):

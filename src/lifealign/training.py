@@ -10,13 +10,14 @@ is a fixed menu with no focal weighting; and it re-tokenises every dataset per t
 convention (per-pair loss of summed response log-probabilities) and the batch layout
 ([chosen; rejected] in one forward pass) follow TRL's.
 """
-import math
 import re
 
 import torch
 from torch.utils.data import Dataset
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from .losses import dpo_margin
 
 _ROLE_PREFIX = re.compile(r"^\s*Assistant:\s*")
 
@@ -184,11 +185,31 @@ def pair_length(rec):
     return sum(len(rec["ids"][k]) for k in ("prompt", "chosen", "rejected"))
 
 
+def pair_tokens(records):
+    """Non-pad tokens of prompt + chosen and prompt + rejected over encoded records: what a
+    run reports as eval_tokens, and the benchmarks' token count."""
+    return sum(2 * len(r["ids"]["prompt"]) + len(r["ids"]["chosen"]) + len(r["ids"]["rejected"]) for r in records)
+
+
 def example_lengths(records, stage):
     """Token length of each training example's row, for length grouping."""
     if stage == "sft":
         return [len(r["ids"]["prompt"]) + len(r["ids"]["chosen"]) for r in records]
     return [pair_length(r) for r in records]
+
+
+STAGES = ("sft", "pref")  # the training stages of a task, in order
+
+
+def stage_seed(seed, task_index, stage):
+    """The seed of one stage of one task: every stage of a run draws from its own seed, the same
+    for the same (run seed, position in the order, stage) in every run and on every restart."""
+    return seed * 1000 + task_index * 10 + STAGES.index(stage)
+
+
+def trainable_parameters(model):
+    """The parameters a stage trains (requires_grad), by name, in the model's order."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
 class ListDataset(Dataset):
@@ -213,23 +234,25 @@ class _BeforeOptimizerStep(TrainerCallback):
 class StageTrainer(Trainer):
     """A Trainer whose loss is `stage_loss(model, batch)` plus the strategy's extra loss terms.
 
-    `hooks` is the strategy: `extra_loss(model, batch, outputs)` and `before_optimizer_step()`.
+    `extra_loss(model, batch, outputs)` returns a term to add (or None); `before_optimizer_step()`
+    runs between backward and the optimizer step (gradient projection).
     """
 
-    def __init__(self, *args, stage_loss, hooks, lengths=None, **kwargs):
+    def __init__(self, *args, stage_loss, extra_loss=None, before_optimizer_step=None, lengths=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.lengths = lengths
         self.stage_loss = stage_loss
-        self.hooks = hooks
+        self.extra_loss = extra_loss or (lambda model, batch, outputs: None)
         self.loss_is_scaled_for_ga = False  # our loss is a batch mean: let Trainer divide by accumulation
         self.tokens_seen = 0
         self.stage_stats = []
-        self.add_callback(_BeforeOptimizerStep(hooks.before_optimizer_step))
+        if before_optimizer_step is not None:
+            self.add_callback(_BeforeOptimizerStep(before_optimizer_step))
         self.remove_callback(PrinterCallback)  # the loop prints its own summary
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = self.stage_loss(model, inputs)
-        extra = self.hooks.extra_loss(model, inputs, outputs)
+        extra = self.extra_loss(model, inputs, outputs)
         if extra is not None:
             loss = loss + extra
         if model.training:
@@ -268,7 +291,7 @@ def make_preference_loss(loss_fn, beta, **loss_kwargs):
         chosen, rejected = logps.chunk(2)
         ref_chosen, ref_rejected = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
         per_pair = loss_fn(chosen, rejected, ref_chosen, ref_rejected, beta=beta, **loss_kwargs)
-        margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+        margin = dpo_margin(chosen, rejected, ref_chosen, ref_rejected, beta)
         outputs = {
             "chosen_logps": chosen, "rejected_logps": rejected, "per_pair_loss": per_pair, "margin": margin,
             "chosen_counts": counts.chunk(2)[0],
@@ -304,6 +327,3 @@ def training_arguments(stage_cfg, out_dir, seed, precision, progress, device):
         ddp_find_unused_parameters=False,
     )
 
-
-def steps_per_epoch(n_items, stage_cfg, world_size=1):
-    return max(math.ceil(n_items / (stage_cfg.batch_size * world_size * stage_cfg.grad_accum)), 1)

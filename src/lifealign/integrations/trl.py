@@ -27,7 +27,6 @@ Usage (examples/trl_continual.py is the whole loop):
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import torch
@@ -39,7 +38,9 @@ from trl import DPOTrainer
 from trl.trainer.utils import use_adapter
 
 from ..consolidation import SLMC, summarize_report
+from ..io import torch_save
 from ..losses import dpo_margin, fpo_loss
+from ..strategies.replay import rows_joining
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 _TOKENIZED = {"prompt_ids", "chosen_ids", "rejected_ids"}
@@ -176,9 +177,7 @@ class SLMCCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-            tmp = folder / f".{self.FILE}.part"
-            torch.save(self.state_dict(), tmp)
-            os.replace(tmp, folder / self.FILE)
+            torch_save(self.state_dict(), folder / self.FILE)
 
     def state_dict(self):
         return {"slmc": self.slmc.state_dict(), "start": self.slmc._start, "reports": self.reports}
@@ -204,8 +203,7 @@ class ReplayBuffer:
 
     def next_training_set(self, dataset):
         training = dataset if self.buffer is None else concatenate_datasets([dataset, self.buffer])
-        room = self.cap - (0 if self.buffer is None else len(self.buffer))
-        new = dataset.select(range(min(int(len(dataset) * self.fraction), max(room, 0))))
+        new = dataset.select(range(rows_joining(len(dataset), self.fraction, self.cap, len(self))))
         self.buffer = new if self.buffer is None else concatenate_datasets([self.buffer, new])
         return training
 

@@ -60,7 +60,7 @@ def preference_trainer(loop, records, stage_cfg, seed):
     trainer = LoopFPOTrainer(
         model=loop.model, args=args, processing_class=loop.tokenizer,
         train_dataset=records_dataset(records, tokenized=True),
-        gamma=cfg.method.gamma if loop.strategy.loss == "fpo" else 0.0,
+        gamma=loop.loss_kwargs.get("gamma", 0.0),  # FPO with gamma 0 is DPO
         optimizers=(loop._optimizer("pref", stage_cfg), None))
     trainer.stage_stats = []
     trainer.remove_callback(PrinterCallback)

@@ -1,6 +1,7 @@
 """Continual-learning strategies as hooks around one training loop (Avalanche style).
 
-The loop (`lifealign.runner`) calls, for each task of the order:
+The loop (`lifealign.runner`) calls, for each task of the order, through `Strategy.dispatch`
+(every plugin in turn) or the Strategy method that combines the plugins' results:
 
     on_task_start(loop, task)
     for stage in ("sft", "pref"):
@@ -11,6 +12,8 @@ The loop (`lifealign.runner`) calls, for each task of the order:
         report = on_stage_end(loop, stage)
     on_task_end(loop, task)
 
+and `on_restore(loop)` after a restart has loaded the plugins' state.
+
 The optimizer of each stage kind is built once per run (its state carries over between tasks) by
 `make_optimizer(loop, stage, params, stage_cfg)`: the first plugin that returns one decides, else the
 runner's AdamW at the stage's learning rate. It is built again when the trainable parameters change.
@@ -20,7 +23,8 @@ Hooks see the loop (`lifealign.runner.ContinualLoop`): `loop.model` (the PEFT mo
 `loop.stage_loss(model, batch) -> (loss, outputs)` and `loop.collate(records) -> batch`.
 
 A method is a `Strategy`: a preference loss and a list of plugins that implement some of these
-hooks. A new method is a new file that registers a builder in `METHODS`.
+hooks. A new method is a new file that registers a builder in `METHODS`. A plugin's settings are
+its `options`: keys of the config's `method` section, declared once with their defaults.
 """
 
 
@@ -34,13 +38,23 @@ def records_nbytes(records):
     return total
 
 
+PLUGINS = []  # every Plugin subclass in definition order: lifealign.config reads their options
+
+
 class Plugin:
     """A piece of a continual-learning method. Every hook is optional."""
 
     name = "plugin"
+    # The plugin's keys of the config's `method` section (a lifealign.options.Options model, or None):
+    # their types, allowed values and defaults, which the plugin's constructor defaults also read.
+    options = None
     # A plugin that rewrites the model's inputs (L2P prepends prompts) needs one plain sequence per
     # response; the others let a pair's two sequences share one row with the prompt computed once.
     rewrites_inputs = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        PLUGINS.append(cls)
 
     def on_task_start(self, loop, task):
         pass
@@ -98,32 +112,24 @@ class Strategy:
     def plugin(self, name):
         return next((p for p in self.plugins if p.name == name), None)
 
-    def on_task_start(self, loop, task):
-        for p in self.plugins:
-            p.on_task_start(loop, task)
+    def dispatch(self, hook, *args):
+        """Call `hook(*args)` on every plugin in order; {plugin name: what it returned}. The hooks
+        whose results combine have their own method below."""
+        return {p.name: getattr(p, hook)(*args) for p in self.plugins}
 
     def training_records(self, loop, stage, task, records):
+        """Each plugin's records from the previous one's (replay adds its memory, CPPO scores them)."""
         for p in self.plugins:
             records = p.training_records(loop, stage, task, records)
         return records
 
-    def on_stage_start(self, loop, stage):
-        for p in self.plugins:
-            p.on_stage_start(loop, stage)
-
     def extra_loss(self, loop, stage, model, batch, outputs):
-        total = None
-        for p in self.plugins:
-            term = p.extra_loss(loop, stage, model, batch, outputs)
-            if term is not None:
-                total = term if total is None else total + term
-        return total
-
-    def before_optimizer_step(self, loop, stage, model):
-        for p in self.plugins:
-            p.before_optimizer_step(loop, stage, model)
+        """The sum of the plugins' loss terms, or None when none adds one."""
+        terms = [t for t in self.dispatch("extra_loss", loop, stage, model, batch, outputs).values() if t is not None]
+        return sum(terms[1:], terms[0]) if terms else None
 
     def make_optimizer(self, loop, stage, params, stage_cfg):
+        """The first plugin's optimizer, or None for the loop's AdamW."""
         for p in self.plugins:
             optimizer = p.make_optimizer(loop, stage, params, stage_cfg)
             if optimizer is not None:
@@ -131,16 +137,8 @@ class Strategy:
         return None
 
     def on_stage_end(self, loop, stage):
-        reports = {}
-        for p in self.plugins:
-            report = p.on_stage_end(loop, stage)
-            if report is not None:
-                reports[p.name] = report
-        return reports
-
-    def on_task_end(self, loop, task):
-        for p in self.plugins:
-            p.on_task_end(loop, task)
+        """{plugin name: report} of the plugins that report on the stage."""
+        return {name: r for name, r in self.dispatch("on_stage_end", loop, stage).items() if r is not None}
 
     def state_dict(self):
         return {p.name: p.state_dict() for p in self.plugins}
@@ -149,12 +147,8 @@ class Strategy:
         for p in self.plugins:
             p.load_state_dict(state.get(p.name, {}))
 
-    def on_restore(self, loop):
-        for p in self.plugins:
-            p.on_restore(loop)
-
     def state_nbytes(self):
-        return {p.name: p.state_nbytes() for p in self.plugins}
+        return self.dispatch("state_nbytes")
 
     def describe(self):
         return {"name": self.name, "loss": self.loss, "plugins": [p.name for p in self.plugins]}

@@ -76,9 +76,10 @@ import time
 import warnings
 
 import torch
+from pydantic import Field
 
-from ..consolidation import lora_parameters
-from ..reference import score_pairs
+from ..lora import copy_into, lora_parameters
+from ..options import Float, Options
 from . import register
 from .base import Plugin, Strategy
 
@@ -89,13 +90,23 @@ NORMAL, HIGH_PERFORMANCE, OVERFITTING, HIGH_VARIANCE, NOISY = range(5)
 MIN_PAIRS = 3  # fewer pairs have no usable spread: with 2, both sit exactly at mean +- std
 
 
-def weight_table(lb=0.5, ub=2.0):
+class CPPOOptions(Options):  # described above
+    cppo_k: Float = Field(1.0, ge=0)          # category threshold: mean +- k*std
+    cppo_retention: Float = Field(0.1, ge=0)  # retention coefficient c
+    cppo_lb: Float = Field(0.5, ge=0)         # lower / upper per-sample weight (alpha, beta in {lb, 1, ub})
+    cppo_ub: Float = Field(2.0, ge=0)
+
+
+DEFAULTS = CPPOOptions()
+
+
+def weight_table(lb=DEFAULTS.cppo_lb, ub=DEFAULTS.cppo_ub):
     """(alpha, beta) per category, indexed like CATEGORIES (the CPPO paper's rule, see above)."""
     return {NORMAL: (1.0, 1.0), HIGH_PERFORMANCE: (ub, ub), OVERFITTING: (ub, lb),
             HIGH_VARIANCE: (ub, lb), NOISY: (lb, lb)}
 
 
-def cppo_categories(reward, logp, k=1.0, stats=None):
+def cppo_categories(reward, logp, k=DEFAULTS.cppo_k, stats=None):
     """Category index of each sample (see CATEGORIES) from detached 1-D tensors of equal length.
     `stats` = (mean_r, std_r, mean_p, std_p); None: those of the samples themselves."""
     reward, logp = reward.detach().double(), logp.detach().double()
@@ -113,7 +124,7 @@ def cppo_categories(reward, logp, k=1.0, stats=None):
     return cat
 
 
-def cppo_weights(reward, logp, k=1.0, lb=0.5, ub=2.0, stats=None):
+def cppo_weights(reward, logp, k=DEFAULTS.cppo_k, lb=DEFAULTS.cppo_lb, ub=DEFAULTS.cppo_ub, stats=None):
     """(alpha, beta, categories) per sample, against `stats` (see cppo_categories)."""
     cat = cppo_categories(reward, logp, k, stats)
     table = weight_table(lb, ub)
@@ -150,8 +161,9 @@ class RunningMoments:
 
 class CPPOPlugin(Plugin):
     name = "cppo"
+    options = CPPOOptions
 
-    def __init__(self, k=1.0, retention=0.1, lb=0.5, ub=2.0):
+    def __init__(self, k=DEFAULTS.cppo_k, retention=DEFAULTS.cppo_retention, lb=DEFAULTS.cppo_lb, ub=DEFAULTS.cppo_ub):
         self.k, self.retention, self.lb, self.ub = k, retention, lb, ub
         self._snapshot = None
         self._warned = False
@@ -175,17 +187,17 @@ class CPPOPlugin(Plugin):
         current = None
         if self._snapshot is not None:
             current = {n: p.detach().clone() for n, p in params.items()}
-            with torch.no_grad():
-                for n, p in params.items():
-                    p.copy_(self._snapshot[n])
+            copy_into(params, self._snapshot)
+        # Imported here: lifealign.reference loads transformers, which the config (it imports every
+        # strategy for their options) does not need.
+        from ..reference import score_pairs
+
         try:
             scores = score_pairs(model, loop.stage_records, loop.pad_id, loop.cfg.eval.batch_size,
                                  loop.precision, use_adapter=True, share_prompt=loop.strategy.share_prompt)
         finally:
             if current is not None:
-                with torch.no_grad():
-                    for n, p in params.items():
-                        p.copy_(current[n])
+                copy_into(params, current)
         for rec, row in zip(loop.stage_records, scores):
             rec["old"] = (float(row[0]), float(row[1]))
         self._snapshot = None  # only needed until pi_old is scored

@@ -57,19 +57,28 @@ stage instead of accumulating it; we accumulate (online EWC) as both papers defi
 after every stage ("stage" scope here); the default here is once per task, as EWC defines.
 """
 import random
+from typing import Literal
 
 import torch
+from pydantic import Field
 
-from ..config import MethodConfig as DEFAULTS
+from ..lora import tensor_nbytes
+from ..options import Float, Options
+from ..training import stage_seed, trainable_parameters
 from . import register
 from .base import Plugin, Strategy
 
-STAGE_INDEX = {"sft": 0, "pref": 1}
 SCOPES = ("task", "stage")
 
 
-def trainable_named(model):
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+class EWCOptions(Options):  # described above
+    ewc_lambda: Float = Field(1e4, ge=0)       # penalty weight
+    ewc_gamma: Float = Field(1.0, ge=0, le=1)  # online decay of the accumulated Fisher
+    ewc_fisher_samples: int = Field(64, ge=1)  # examples per Fisher
+    ewc_scope: Literal[SCOPES] = "task"        # when to consolidate
+
+
+DEFAULTS = EWCOptions()
 
 
 def ewc_penalty(params, fisher, anchor, lam):
@@ -116,8 +125,10 @@ def empirical_fisher(model, params, examples, collate, stage_loss, autocast):
 
 class EWCPlugin(Plugin):
     name = "ewc"
+    options = EWCOptions
 
-    def __init__(self, lam=1e4, gamma=1.0, fisher_samples=64, seed=0, scope=DEFAULTS.ewc_scope):
+    def __init__(self, lam=DEFAULTS.ewc_lambda, gamma=DEFAULTS.ewc_gamma, fisher_samples=DEFAULTS.ewc_fisher_samples,
+                 seed=0, scope=DEFAULTS.ewc_scope):
         if scope not in SCOPES:
             raise ValueError(f"ewc_scope {scope!r}: allowed values {SCOPES}")
         self.scope = scope
@@ -145,7 +156,7 @@ class EWCPlugin(Plugin):
     def extra_loss(self, loop, stage, model, batch, outputs):
         if not self.fisher or self.lam == 0:
             return None
-        params = trainable_named(loop.model)
+        params = trainable_parameters(loop.model)
         device = next(iter(params.values())).device
         fisher, anchor = self._on_device(device)
         penalty = ewc_penalty(params, fisher, anchor, self.lam)
@@ -158,7 +169,7 @@ class EWCPlugin(Plugin):
         records = list(loop.stage_records)
         if len(records) <= self.fisher_samples:
             return records
-        rng = random.Random(self.seed * 1000 + (loop.task_index or 0) * 10 + STAGE_INDEX.get(stage, 9))
+        rng = random.Random(stage_seed(self.seed, loop.task_index or 0, stage))
         return [records[i] for i in sorted(rng.sample(range(len(records)), self.fisher_samples))]
 
     def consolidate(self, params, new_fisher):
@@ -182,7 +193,7 @@ class EWCPlugin(Plugin):
         if self.scope == "task":  # the Fisher is computed at the task's end, at its anchor
             self._pending.append((examples, loop.collate, loop.stage_loss))
         else:
-            params = trainable_named(loop.model)
+            params = trainable_parameters(loop.model)
             new_fisher = empirical_fisher(loop.model, params, examples, loop.collate, loop.stage_loss,
                                           loop.autocast)
             self.consolidate(params, new_fisher)
@@ -194,7 +205,7 @@ class EWCPlugin(Plugin):
     def on_task_end(self, loop, task):
         if self.scope != "task" or not self._pending:
             return
-        params = trainable_named(loop.model)
+        params = trainable_parameters(loop.model)
         task_fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
         for examples, collate, stage_loss in self._pending:
             stage_fisher = empirical_fisher(loop.model, params, examples, collate, stage_loss, loop.autocast)
@@ -215,7 +226,7 @@ class EWCPlugin(Plugin):
             self._device_cache = None
 
     def state_nbytes(self):
-        return sum(t.numel() * t.element_size() for d in (self.fisher, self.anchor) for t in d.values())
+        return tensor_nbytes(t for d in (self.fisher, self.anchor) for t in d.values())
 
 
 @register("ewc", replay=False)

@@ -65,16 +65,30 @@ average (0.9 / 0.1) of its own training gradients; it projected each parameter t
 solved the QP with qpth (margin 0.1 by default, a ridge of 1.0 when P is not positive definite),
 and stepped with the trainer's AdamW.
 """
+from typing import Literal
+
 import numpy as np
 import torch
+from pydantic import Field
 
-from ..config import MethodConfig as DEFAULTS
+from ..options import Float, Options
+from ..training import STAGES, trainable_parameters
 from . import register
 from .base import Plugin, Strategy, records_nbytes
 
-STAGE_INDEX = {"sft": 0, "pref": 1}
 RIDGE = 1e-8
 OPTIMIZERS = ("sgd", "adamw")
+
+
+class GEMOptions(Options):  # GEM's and A-GEM's, described above
+    gem_memory_size: int = Field(16, ge=1)             # records per task and stage
+    gem_margin: Float = Field(0.5, ge=0)               # GEM's QP margin
+    agem_sample_size: int = Field(16, ge=1)            # A-GEM's reference sample
+    projection_optimizer: Literal[OPTIMIZERS] = "sgd"  # applies the projected gradient
+    sgd_lr: Float = Field(0.1, gt=0)                   # both stages (measured in docs/baselines.md)
+
+
+DEFAULTS = GEMOptions()
 
 
 # ---------------------------------------------------------------- projections (pure functions)
@@ -89,7 +103,7 @@ def agem_project(g, g_ref):
     return (g.double() - (dot / denom) * g_ref.double()).to(g.dtype), True
 
 
-def gem_project(g, G, margin=0.5, ridge=RIDGE):
+def gem_project(g, G, margin=DEFAULTS.gem_margin, ridge=RIDGE):
     """GEM: g if G g >= 0, else G^T v + g with v the solution of the dual QP
     min 1/2 v^T (G G^T) v + (G g)^T v s.t. v >= margin. G: (t, p) rows of memory gradients."""
     import quadprog
@@ -113,10 +127,6 @@ def gem_project(g, G, margin=0.5, ridge=RIDGE):
 
 
 # ---------------------------------------------------------------- gradients
-def trainable(model):
-    return [p for p in model.parameters() if p.requires_grad]
-
-
 def flat_grad(params):
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
                       for p in params])
@@ -162,8 +172,9 @@ class EpisodicMemory(Plugin):
     """Shared part of GEM and A-GEM: the per-task, per-stage memories and the hook plumbing."""
 
     name = "gem"
+    options = GEMOptions
 
-    def __init__(self, memory_size=16, seed=0, optimizer=DEFAULTS.projection_optimizer,
+    def __init__(self, memory_size=DEFAULTS.gem_memory_size, seed=0, optimizer=DEFAULTS.projection_optimizer,
                  sgd_lr=DEFAULTS.sgd_lr):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"projection optimizer {optimizer!r}: allowed values {OPTIMIZERS}")
@@ -192,7 +203,7 @@ class EpisodicMemory(Plugin):
         self._stats["steps"] += 1
         if not earlier:
             return
-        params = trainable(loop.model)
+        params = list(trainable_parameters(loop.model).values())
         g = flat_grad(params)
         chunk = max(int(getattr(loop.cfg, stage).batch_size), 1)
 
@@ -229,8 +240,8 @@ class EpisodicMemory(Plugin):
 class GEMPlugin(EpisodicMemory):
     name = "gem"
 
-    def __init__(self, memory_size=16, margin=0.5, seed=0, optimizer=DEFAULTS.projection_optimizer,
-                 sgd_lr=DEFAULTS.sgd_lr):
+    def __init__(self, memory_size=DEFAULTS.gem_memory_size, margin=DEFAULTS.gem_margin, seed=0,
+                 optimizer=DEFAULTS.projection_optimizer, sgd_lr=DEFAULTS.sgd_lr):
         super().__init__(memory_size, seed, optimizer, sgd_lr)
         self.margin = float(margin)
 
@@ -242,8 +253,8 @@ class GEMPlugin(EpisodicMemory):
 class AGEMPlugin(EpisodicMemory):
     name = "agem"
 
-    def __init__(self, memory_size=16, sample_size=16, seed=0, optimizer=DEFAULTS.projection_optimizer,
-                 sgd_lr=DEFAULTS.sgd_lr):
+    def __init__(self, memory_size=DEFAULTS.gem_memory_size, sample_size=DEFAULTS.agem_sample_size, seed=0,
+                 optimizer=DEFAULTS.projection_optimizer, sgd_lr=DEFAULTS.sgd_lr):
         super().__init__(memory_size, seed, optimizer, sgd_lr)
         self.sample_size = int(sample_size)
 
@@ -251,7 +262,7 @@ class AGEMPlugin(EpisodicMemory):
         pool = [rec for records in earlier.values() for rec in records]
         if len(pool) <= self.sample_size:
             return pool
-        rng = np.random.default_rng([self.seed, loop.task_index or 0, STAGE_INDEX.get(stage, 9), self._stats["steps"]])
+        rng = np.random.default_rng([self.seed, loop.task_index or 0, STAGES.index(stage), self._stats["steps"]])
         return [pool[i] for i in sorted(rng.choice(len(pool), self.sample_size, replace=False))]
 
     def project(self, loop, stage, g, earlier, grad_on):

@@ -80,13 +80,26 @@ import weakref
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from ..config import MethodConfig as DEFAULTS
+from ..lora import lora_parameters, tensor_nbytes
+from ..options import Float, Options
 from . import register
 from .base import Plugin, Strategy
 
 POOL_NAME = "l2p_pool"
+
+
+class L2POptions(Options):  # described above
+    l2p_pool_size: int = Field(10, ge=1)      # M prompts in the pool
+    l2p_prompt_length: int = Field(5, ge=1)   # L_p tokens per prompt
+    l2p_top_k: int = Field(3, ge=1)           # N prompts selected per input
+    l2p_key_lambda: Float = Field(0.5, ge=0)  # key-loss weight
+    l2p_lr: Float = Field(0.03, gt=0)         # prompts and keys (L2P paper and configs: Adam, lr 0.03)
+
+
+DEFAULTS = L2POptions()
 
 
 class PromptPool(nn.Module):
@@ -145,15 +158,16 @@ class PromptIndex:
 class L2P(Plugin):
     name = "l2p"
     rewrites_inputs = True  # its hooks extend 2D attention masks: one row per sequence
+    options = L2POptions
 
-    def __init__(self, pool_size=10, prompt_length=5, top_k=3, key_lambda=0.5, seed=0, lr=DEFAULTS.l2p_lr):
+    def __init__(self, pool_size=DEFAULTS.l2p_pool_size, prompt_length=DEFAULTS.l2p_prompt_length,
+                 top_k=DEFAULTS.l2p_top_k, key_lambda=DEFAULTS.l2p_key_lambda, seed=0, lr=DEFAULTS.l2p_lr):
         if top_k > pool_size:
             raise ValueError(f"l2p_top_k ({top_k}) must not exceed l2p_pool_size ({pool_size})")
         self.pool_size, self.prompt_length, self.top_k = pool_size, prompt_length, top_k
         self.key_lambda = key_lambda
         self.lr = float(lr)
         self.seed = seed
-        self.enabled = True          # a switch for tests; the PEFT adapter switches are what count
         self.pool = None
         self.index = PromptIndex()
         self._loaded = None
@@ -203,9 +217,8 @@ class L2P(Plugin):
         """Only the pool trains. Needed again at every stage start: leaving `model.disable_adapter()`
         (the runner's reference pass before each preference stage) makes the active LoRA adapter
         trainable again (peft's BaseTunerLayer.enable_adapters calls set_adapter)."""
-        for n, p in model.named_parameters():
-            if "lora_" in n:
-                p.requires_grad_(False)
+        for p in lora_parameters(model).values():
+            p.requires_grad_(False)
         for p in self.pool.parameters():
             p.requires_grad_(True)
 
@@ -216,7 +229,7 @@ class L2P(Plugin):
                     self.index.add(rec["ids"]["prompt"])
 
     def active(self):
-        if not self.enabled or self.pool is None:
+        if self.pool is None:
             return False
         peft_model = self._peft()
         if peft_model is not None and getattr(peft_model, "_adapters_disabled", False):
@@ -378,7 +391,7 @@ class L2P(Plugin):
     def state_nbytes(self):
         if self.pool is None:
             return 0
-        return sum(p.numel() * p.element_size() for p in self.pool.parameters())
+        return tensor_nbytes(self.pool.parameters())
 
 
 @register("l2p", replay=False)

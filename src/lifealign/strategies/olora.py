@@ -52,7 +52,10 @@ Its instruction-tuning setup (T5 / LLaMA on classification tasks with a task-ins
 replaced by this project's SFT -> DPO/FPO pipeline.
 """
 import torch
+from pydantic import Field
 
+from ..lora import adapter_parameters, keep_fp32, lora_config, lora_layers, tensor_nbytes
+from ..options import Float, Options
 from . import register
 from .base import Plugin, Strategy
 
@@ -62,11 +65,6 @@ FIRST_ADAPTER = "default"
 def adapter_name(index):
     """The adapter of task `index` (0-based): the run's "default" adapter first, then olora1, ..."""
     return FIRST_ADAPTER if index == 0 else f"olora{index}"
-
-
-def lora_layers(model):
-    """Every LoRA-wrapped module (a PEFT LoraLayer holds `lora_A` / `lora_B` ModuleDicts by adapter)."""
-    return [m for m in model.modules() if hasattr(m, "lora_A") and isinstance(m.lora_A, torch.nn.ModuleDict)]
 
 
 def orthogonality_penalty(pairs):
@@ -91,36 +89,29 @@ def adapter_pairs(model, adapters):
     return pairs
 
 
-def adapter_parameters(model, name):
-    """The parameters (A and B of every layer) of one adapter, by full parameter name."""
-    return {n: p for n, p in model.named_parameters()
-            if (".lora_A." in n or ".lora_B." in n) and n.split(".")[-2] == name}
+class OLoRAOptions(Options):  # described above
+    olora_lambda_orth: Float = Field(0.1, ge=0)  # weight of sum |A_s A_t^T|
+    olora_lambda_l2: Float = Field(0.0, ge=0)    # weight of ||new adapter||^2
+
+
+DEFAULTS = OLoRAOptions()
 
 
 class OLoRA(Plugin):
     name = "olora"
+    options = OLoRAOptions
 
-    def __init__(self, lambda_orth=0.1, lambda_l2=0.0):
+    def __init__(self, lambda_orth=DEFAULTS.olora_lambda_orth, lambda_l2=DEFAULTS.olora_lambda_l2):
         self.lambda_orth = lambda_orth
         self.lambda_l2 = lambda_l2
         self.adapters = []          # adapter names in task order; the last one is trained
 
     # ------------------------------------------------------------ model structure
-    @staticmethod
-    def _lora_config(cfg):
-        from peft import LoraConfig
-
-        m = cfg.model
-        return LoraConfig(task_type="CAUSAL_LM", r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout,
-                          target_modules=list(m.lora_targets), bias="none")
-
     def _add_adapter(self, loop, name):
-        model = loop.model
+        model, m = loop.model, loop.cfg.model
         if name not in model.peft_config:
-            model.add_adapter(name, self._lora_config(loop.cfg))
-            for p in adapter_parameters(model, name).values():
-                if p.dtype != torch.float32:  # LoRA weights in fp32, as models.add_lora keeps them
-                    p.data = p.data.float()
+            model.add_adapter(name, lora_config(m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_targets))
+            keep_fp32(adapter_parameters(model, name).values())
 
     def _activate(self, model):
         """All adapters active (their sum is the policy); only the newest one trainable."""
@@ -199,8 +190,7 @@ class OLoRA(Plugin):
         model = getattr(self, "_model", None)
         if model is None or len(self.adapters) < 2:
             return 0
-        return sum(p.numel() * p.element_size() for name in self.adapters[:-1]
-                   for p in adapter_parameters(model, name).values())
+        return tensor_nbytes(p for name in self.adapters[:-1] for p in adapter_parameters(model, name).values())
 
 
 @register("olora", replay=False)

@@ -4,13 +4,29 @@ Separate buffers for the SFT and the preference stage. When task t's training se
 the FIRST `fraction` of D_t's rows in file order join the buffer; the buffer keeps its oldest rows
 when over the cap. The whole buffer is replayed with every later task (the trainer shuffles).
 """
+from pydantic import Field
+
+from ..options import Float, Options
 from .base import Plugin, records_nbytes
+
+
+def rows_joining(n_rows, fraction, cap, buffered):
+    """How many of a task's `n_rows` (the first ones, in file order) join a buffer that holds
+    `buffered` rows: `fraction` of them, as far as the cap leaves room."""
+    return min(int(n_rows * fraction), max(cap - buffered, 0))
+class ReplayOptions(Options):
+    replay_fraction: Float = Field(0.2, ge=0, le=1)  # the share of each task's rows that joins the buffer
+    replay_cap: int = Field(3000, ge=0)              # rows per buffer
+
+
+DEFAULTS = ReplayOptions()
 
 
 class Replay(Plugin):
     name = "replay"
+    options = ReplayOptions
 
-    def __init__(self, fraction=0.2, cap=3000):
+    def __init__(self, fraction=DEFAULTS.replay_fraction, cap=DEFAULTS.replay_cap):
         self.fraction = fraction
         self.cap = cap
         self.buffers = {"sft": [], "pref": []}
@@ -18,8 +34,7 @@ class Replay(Plugin):
     def training_records(self, loop, stage, task, records):
         buffer = self.buffers.setdefault(stage, [])
         training_set = list(records) + list(buffer)
-        new_rows = records[: int(len(records) * self.fraction)]
-        buffer.extend(new_rows[: max(self.cap - len(buffer), 0)])
+        buffer.extend(records[: rows_joining(len(records), self.fraction, self.cap, len(buffer))])
         return training_set
 
     def state_dict(self):

@@ -17,15 +17,13 @@ Pipeline per task as for SeqFT (SFT -> DPO, method.loss may switch to FPO). Repl
 registered default is no replay, since replaying earlier tasks would break "one model per task";
 method.replay=true still adds it if a user asks (their call).
 
-Same seeds: the runner seeds each stage with cfg.seed*1000 + index*10 + stage, so the model of
-task B at position i is identical to the one of any other STL run with B at position i.
+Same seeds: the runner seeds each stage with `training.stage_seed` (seed, position, stage), so the
+model of task B at position i is identical to the one of any other STL run with B at position i.
 
 Difference from the authors' setup: they trained separate models; one reset run is equivalent
 (same initialisation, fresh optimizer, restarted schedule) and cheaper to manage.
 """
-import torch
-
-from ..consolidation import lora_parameters
+from ..lora import copy_into, lora_parameters, tensor_nbytes
 from . import register
 from .base import Plugin, Strategy
 
@@ -35,20 +33,16 @@ class STLReset(Plugin):
 
     def __init__(self):
         self.initial = None  # name -> cpu tensor of every trainable LoRA matrix at the first task start
-        self.resets = 0
 
     def on_task_start(self, loop, task):
-        params = {n: p for n, p in lora_parameters(loop.model).items() if p.requires_grad}
+        params = lora_parameters(loop.model, trainable=True)
         if self.initial is None:
             if loop.task_index != 0:
                 raise RuntimeError("STL: no snapshot of the initial LoRA matrices (state missing on resume)")
             self.initial = {n: p.detach().cpu().clone() for n, p in params.items()}
             return
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(self.initial[n].to(p.device, p.dtype))
+        copy_into(params, self.initial)
         loop.reset_optimizers()
-        self.resets += 1
 
     def state_dict(self):
         return {"initial": self.initial}
@@ -58,7 +52,7 @@ class STLReset(Plugin):
             self.initial = state["initial"]
 
     def state_nbytes(self):
-        return sum(t.numel() * t.element_size() for t in (self.initial or {}).values())
+        return tensor_nbytes((self.initial or {}).values())
 
 
 @register("stl", replay=False)
