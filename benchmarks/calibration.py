@@ -89,6 +89,22 @@ def summarize(name, res):
             "eval_s": sum(t["eval_s"] for t in res["training"])}
 
 
+def markdown(doc):
+    """The book's page: one row per probe, each task's score after its own training (with its binomial
+    standard error) and at the end of the sequence."""
+    from lifealign.data import short_name
+
+    lines = ["| probe | what changes | pairs (train / test) | BWT | largest drop "
+             "| each task: after its training (se) → at the end |", "|---|---|---|---|---|---|"]
+    for p in doc["probes"].values():
+        cells = "; ".join(f"{short_name(t['task'])} {t['diagonal']:.0f} (se {t['diagonal_se']:.0f}) → "
+                          f"{t['final']:.0f}" for t in p["tasks"])
+        drop = "–" if p["largest_drop"] is None else f"{p['largest_drop']:+.2f}"
+        lines.append(f"| `{p['probe']}` | {p['what']} | {p['n_train']} / {p['n_test']} | {p['bwt']:+.2f} | {drop} "
+                     f"| {cells} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--probe", action="append", choices=list(PROBES), help="run only these probes")
@@ -110,7 +126,8 @@ def main(argv=None):
         cells = "  ".join(f"{t['task'][:10]} {t['diagonal']:.0f}({t['diagonal_se']:.0f})->{t['final']:.0f}"
                           for t in s["tasks"])
         print(f"{s['probe']:24s} {s['bwt']:7.2f} {s['forgetting']:7.2f} {s['largest_drop'] or 0:7.2f}  {cells}")
-    print(f"wrote {out}")
+    out.with_suffix(".md").write_text(markdown(json.loads(out.read_text())))
+    print(f"wrote {out} and its page {out.with_suffix('.md').name}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import os
 import platform
 import random
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -137,22 +138,44 @@ def markdown_table(rows, columns):
     return "\n".join(lines) + "\n"
 
 
+def num(value, digits=2):
+    """A number as the benchmark pages print it: thousands separated, "–" when missing."""
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def workload(doc):
+    """One line saying what a throughput benchmark measured."""
+    a, d = doc["args"], doc.get("data", {})
+    return (f"{doc['model']['name']} ({doc['model']['params'] / 1e6:.1f} M parameters), {d.get('pairs')} pairs of "
+            f"{d.get('source')}, batch {a.get('batch')}, max_length {a.get('max_length')} (prompt "
+            f"{a.get('max_prompt_length')}), on {doc.get('device', 'cpu')}.")
+
+
+def write_markdown(doc, markdown, path):
+    """A benchmark's page (what the book's performance chapter includes), ending with where and when it
+    was measured."""
+    m = doc.get("machine")
+    where = (f"\nMeasured {m['time'][:10]} on {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, bf16 "
+             f"instructions: {', '.join(m['cpu_bf16']) or 'none'}, GPU: {m.get('cuda') or 'none'}, Python "
+             f"{m.get('python')}, torch {(m.get('versions') or {}).get('torch')}; peak RSS "
+             f"{m['peak_rss_mb']:,.0f} MB.\n"
+             if m else "")
+    smoke = ("\n*Measured with `--smoke` (the tiny random model): these numbers only show that the script runs.*\n"
+             if (doc.get("args") or {}).get("smoke") else "")
+    Path(path).write_text(markdown.rstrip() + "\n" + where + smoke)
+
+
 def write_result(name, args, payload, markdown=None):
     """Write {"name", "args", "machine", **payload} to <out>/<name>.json and return the path; with
-    `markdown`, also <out>/<name>.md (what the book's performance chapter shows), ending with where
-    and when it was measured."""
+    `markdown` (text, or a function of the written document), also <out>/<name>.md."""
     out = Path(args.out) if args.out else RESULTS
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
     doc = {"name": name, "args": vars(args), "machine": machine_info(), **payload}
     path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
     if markdown is not None:
-        m = doc["machine"]
-        where = (f"\nMeasured {m['time'][:10]} on {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch "
-                 f"threads, bf16 instructions: {', '.join(m['cpu_bf16']) or 'none'}.\n")
-        smoke = ("\n*Measured with `--smoke` (the tiny random model): these numbers only show that the script "
-                 "runs.*\n" if getattr(args, "smoke", False) else "")
-        (out / f"{name}.md").write_text(markdown.rstrip() + "\n" + where + smoke)
+        doc = json.loads(path.read_text())  # what a later rewrite of the page reads (main() below)
+        write_markdown(doc, markdown(doc) if callable(markdown) else markdown, out / f"{name}.md")
     print(f"wrote {path}  (peak RSS {doc['machine']['peak_rss_mb']:.0f} MB)")
     return path
 
@@ -165,3 +188,18 @@ def table(rows, columns):
     print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
     for row in cells:
         print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+
+
+def main(argv=None):
+    """Rewrite benchmarks/results/<name>.md from <name>.json with benchmark <name>'s `markdown`, e.g.
+    after a change of how a page reads: python benchmarks/common.py preference_throughput ..."""
+    import importlib
+
+    for name in argv if argv is not None else sys.argv[1:]:
+        doc = json.loads((RESULTS / f"{name}.json").read_text())
+        write_markdown(doc, importlib.import_module(name).markdown(doc), RESULTS / f"{name}.md")
+        print(f"wrote {RESULTS / name}.md")
+
+
+if __name__ == "__main__":
+    main()

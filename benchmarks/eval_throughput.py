@@ -28,6 +28,23 @@ from lifealign.training import encode_records, pair_length
 GOAL_FORWARD = 2000.0  # tokens/s on SmolLM2, this 2-core machine
 
 
+def markdown(doc):
+    """The book's page: the preference-scoring forward and greedy generation, against the goal."""
+    fwd = [{"precision": r["precision"], "layout": r["layout"], "pairs": r["pairs"], "tokens": f"{r['tokens']:,}",
+            "seconds": common.num(r["seconds"], 1), "tokens/s": common.num(r["tokens_per_s"], 0)}
+           for r in doc["forward"].values()]
+    gen = [{"batch size": r["batch_size"], "prompts": r["prompts"], "precision": r["precision"],
+            "generated tokens": r["generated_tokens"], "seconds": common.num(r["seconds"], 1),
+            "tokens/s": common.num(r["tokens_per_s"], 1)} for r in doc["generation"].values()]
+    goal = doc["goals"]["forward_tokens_per_s"]
+    top = max((r["tokens_per_s"] for r in doc["forward"].values()), default=None)
+    verdict = "" if top is None or doc["args"].get("smoke") else f": {'met' if top >= goal else 'not met'}"
+    return (common.workload(doc) + "\n\nPreference-scoring forward (what reward and log-likelihood accuracy need):\n\n"
+            + common.markdown_table(fwd, list(fwd[0])) + f"\nBest: {common.num(top, 0)} tokens/s (goal ≥ {goal:,.0f}"
+            + verdict + ").\n\nGreedy generation (what BLEU-4 and ROUGE-L need):\n\n"
+            + common.markdown_table(gen, list(gen[0])))
+
+
 def main(argv=None):
     p = common.parser(__doc__.split("\n")[0])
     p.add_argument("--eval-batch", type=int, default=16, help="pairs per forward pass")
@@ -84,7 +101,7 @@ def main(argv=None):
         "model": {"name": args.model, "params": common.n_params(model)},
         "data": {"task": args.task, "source": source, "pairs": len(records)},
         "device": dev, "forward": forward, "generation": generation, "goals": {"forward_tokens_per_s": GOAL_FORWARD},
-    })
+    }, markdown)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,19 @@ def achieved(doc):
     return []
 
 
+def markdown(doc):
+    """The book's page: the practical matmul peak, and the share of it each workload reaches."""
+    mm = [{"dtype": r["dtype"], "n": r["n"], "GFLOP/s": common.num(r["gflops"], 1)} for r in doc["matmul"]]
+    ach = [{"what": r["what"], "config": r["config"], "precision": r["precision"],
+            "tokens/s": common.num(r["tokens_per_s"], 0), "GFLOP/s": common.num(r["gflops"], 1),
+            "share of peak %": common.num(r["share_pct"], 1)} for r in doc["achieved"]]
+    f = doc["formulas"]
+    return ("Best large square matmuls (the practical peak):\n\n" + common.markdown_table(mm, list(mm[0]))
+            + f"\nModel FLOPs per second reached (N = {f['N']}: training {f['training']}, evaluation "
+            f"{f['eval_forward']}, generation {f['generation']}):\n\n"
+            + (common.markdown_table(ach, list(ach[0])) if ach else "(no throughput JSON was given with `--from`)\n"))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="2048,4096", help="matmul sizes")
@@ -103,7 +116,7 @@ def main(argv=None):
         "device": dev, "matmul": matmul, "peak_gflops": peak, "achieved": rows,
         "formulas": {"training": "4 * N * training tokens", "eval_forward": "2 * N * tokens",
                      "generation": "2 * N * generated tokens", "N": "base model parameters"},
-    })
+    }, markdown)
 
 
 if __name__ == "__main__":

@@ -141,6 +141,30 @@ def launch(config, overrides):
     return {"config": config, "overrides": overrides, "out": cfg.out, "wall_s": t.s, "peak_rss_mb": peak}
 
 
+def markdown(doc):
+    """The book's page: SLMC's stage end and each method's persistent state, and a real run's share."""
+    syn = doc["synthetic"]
+    stages = [{"task": s["task"], "stage": s["stage"], "SLMC s": common.num(s["slmc_s"], 4),
+               "history MiB": common.num(s["history_mb"], 3), "mean kept rank": common.num(s["mean_kept_rank"])}
+              for s in syn["stages"]]
+    mib = [{"after task": r["task"], **{k: common.num(v / 2**20, 3) for k, v in r.items() if k != "task"}}
+           for r in syn["state_bytes"]]
+    text = (f"SLMC's stage end on the model's {syn['lora_matrices']} real LoRA matrices "
+            f"({common.num(syn['lora_bytes'] / 2**20, 2)} MiB), {len(syn['state_bytes'])} synthetic tasks:\n\n"
+            + common.markdown_table(stages, list(stages[0]))
+            + "\nPersistent state of each method after each task, MiB:\n\n"
+            + common.markdown_table(mib, list(mib[0])))
+    run = doc.get("run")
+    if run:
+        rs = [{"task": s["task"], "name": s["name"], "stage": s["stage"], "train s": common.num(s["train_s"], 1),
+               "stage-end hooks s": common.num(s["plugin_s"], 3), "share %": common.num(s["share_pct"], 3)}
+              for s in run["stages"]]
+        text += (f"\nThe real run `{Path(run['dir']).name}`: the stage-end hooks (SLMC) against the stage's training "
+                 f"time. Largest share {common.num(run['max_share_pct'], 3)}% (goal < "
+                 f"{100 * doc['goals']['slmc_share_of_stage']:g}%).\n\n" + common.markdown_table(rs, list(rs[0])))
+    return text
+
+
 def main(argv=None):
     p = common.parser(__doc__.split("\n")[0])
     p.add_argument("--tasks", type=int, default=5, help="synthetic tasks (2 SLMC stages each)")
@@ -157,7 +181,7 @@ def main(argv=None):
     if args.run:
         out["run"] = from_run(args.run)
     print(f"\npeak RSS of this process: {common.peak_rss_mb():.0f} MB")
-    common.write_result("machinery_cost", args, {**out, "goals": {"slmc_share_of_stage": GOAL_SLMC_SHARE}})
+    common.write_result("machinery_cost", args, {**out, "goals": {"slmc_share_of_stage": GOAL_SLMC_SHARE}}, markdown)
 
 
 if __name__ == "__main__":

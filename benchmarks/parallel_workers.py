@@ -71,6 +71,25 @@ def tokens_per_s(doc, keys):
     return doc
 
 
+def markdown(doc):
+    """The book's page: tokens per second of one process against several at once, and work per hour."""
+    a, any_run = doc["args"], next(iter(doc["results"].values()))
+    rows = [{"benchmark": f"`{name}`", "part": part,
+             "one process tokens/s": common.num(v["one_process_tokens_per_s"], 0),
+             f"{r['parallel']['processes']} processes tokens/s": common.num(v["parallel_tokens_per_s"], 0),
+             "ratio": common.num(v["parallel_tokens_per_s"] / v["one_process_tokens_per_s"])}
+            for name, r in doc["results"].items() for part, v in r["parts"].items()]
+    walls = "; ".join(f"`{name}` {common.num(r['work_per_hour_ratio'])} (one process "
+                      f"{common.num(r['one_process']['wall_s'], 0)} s, {r['parallel']['processes']} at once "
+                      f"{common.num(max(r['parallel']['wall_s']), 0)} s)"
+                      for name, r in doc["results"].items())
+    return (f"{a['model']}, {a['pairs']} pairs of {a['task']}, on {doc['cores']} cores: one process with "
+            f"{any_run['one_process']['threads']} torch threads against {any_run['parallel']['processes']} "
+            f"processes at once with {any_run['parallel']['threads_each']} each.\n\n"
+            + common.markdown_table(rows, list(rows[0]))
+            + f"\nWork per hour of the parallel layout relative to one process: {walls}.")
+
+
 def main(argv=None):
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, default=2, help="processes at once in the parallel layout")
@@ -102,7 +121,7 @@ def main(argv=None):
     for name, r in results.items():
         print(f"{name}: work per hour, {args.workers} processes / one: {r['work_per_hour_ratio']:.2f}"
               f" (wall {r['one_process']['wall_s']:.0f} s vs {max(r['parallel']['wall_s']):.0f} s)")
-    common.write_result("parallel_workers", args, {"cores": cores, "results": results})
+    common.write_result("parallel_workers", args, {"cores": cores, "results": results}, markdown)
 
 
 if __name__ == "__main__":

@@ -157,6 +157,22 @@ def run_trl(args, pairs, dev, best):
             "seconds": t_prep.s + t_train.s, "params": common.n_params(trainer.model)}
 
 
+def markdown(doc):
+    """The book's page: the workload, each configuration's time and throughput, and the goals."""
+    res, smoke = doc["results"], doc["args"].get("smoke")
+    best = res.get("ours", next(iter(res.values())))["tokens_per_s"]
+    rows = [{"config": k, "precision": r["precision"], "reference": r["reference"], "tokens": f"{r['tokens']:,}",
+             "prepare s": common.num(r.get("prepare_s"), 1), "reference s": common.num(r.get("reference_s"), 1),
+             "train s": common.num(r.get("train_s"), 1), "total s": common.num(r["seconds"], 1),
+             "tokens/s": common.num(r["tokens_per_s"], 0), "ours / this": common.num(best / r["tokens_per_s"])}
+            for k, r in res.items()]
+    goals = [f"- ours / TRL {k[7:].replace('_', ' ')}: " + (f"**{v:.2f}x**" if (v := doc["ratios"].get(k)) is not None
+                                                            else "not measured")
+             + f" (goal ≥ {g:g}x" + ("" if v is None or smoke else f": {'met' if v >= g else 'not met'}") + ")"
+             for k, g in doc["goals"].items()]
+    return common.workload(doc) + "\n\n" + common.markdown_table(rows, list(rows[0])) + "\n" + "\n".join(goals)
+
+
 def main(argv=None):
     p = common.parser(__doc__.split("\n")[0])
     p.add_argument("--which", default=",".join(CONFIGS), help=f"comma-separated subset of {','.join(CONFIGS)}")
@@ -214,7 +230,7 @@ def main(argv=None):
         "model": {"name": args.model, "params": n, "lora": LORA},
         "data": {"task": args.task, "source": source, "pairs": len(pairs)},
         "device": dev, "results": results, "ratios": ratios, "goals": GOALS,
-    })
+    }, markdown)
 
 
 if __name__ == "__main__":

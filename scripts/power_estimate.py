@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from lifealign import report  # noqa: E402
+from lifealign.runs import load_runs, tidy  # noqa: E402
 
 METRICS = ("bleu4", "rougel", "reward_accuracy")
-PAPER = {"bleu4": "bleu4", "rougel": "rougel"}
 MAX_SEEDS = 20
 
 
@@ -46,66 +46,25 @@ def seeds_needed(delta, sd, one_sample=False, power=0.8, alpha=0.05):
     return None
 
 
-def paper_values(paper_dir):
-    main = {r["method"]: r for r in report.read_csv(paper_dir / "main_table_qwen_order1.csv")}
-    ablation = {r["row"]: r for r in report.read_csv(paper_dir / "ablation_qwen_order1.csv")}
-    orders = report.read_csv(paper_dir / "task_orders_qwen.csv")
-    lam = {float(r["lambda"]): r for r in report.read_csv(paper_dir / "lambda_sweep_qwen_order1.csv")}
+def comparisons(df, metric, paper):
+    """[(claim, comparison, ours, paper, key, one_sample)] for one metric: every comparison the report's
+    claims judge (lifealign.report.CLAIMS), with the paper's numbers for the same sides where it has them."""
+    def mean(side, key):
+        return report.cell(df, metric, key, side)["mean"]
 
-    def get(table, key, column):
-        value = table.get(key, {}).get(column)
-        return float(value) if value not in (None, "") else None
-
-    def order_value(metric, order, method):
-        row = next((r for r in orders if r["metric"] == f"{metric}_bwt" and r["order"] == order), None)
-        return float(row[method]) if row and row.get(method) not in (None, "") else None
-
-    return get, main, ablation, order_value, lam
-
-
-def comparisons(runs, metric, paper_dir):
-    """[(claim, comparison, ours, paper, key, one_sample)] for one metric."""
-    get, main, ablation, order_value, lam = paper_values(paper_dir)
-    pm = PAPER.get(metric)
-
-    def mean(method, key, order="order1", groups=("matrix", "ablation")):
-        return report.method_stats(runs, method, metric, key, order, groups)["mean"]
-
-    def diff(a, b):
-        return None if a is None or b is None else a - b
-
-    def paper(table, row, key):
-        return get(table, row, f"{pm}_{key}") if pm else None
+    def theirs(side, key):
+        return 0.0 if side is report.ZERO else paper.get(side.paper + (metric, key)) if side.paper else None
 
     out = []
-    baselines = [m for m in report.CONTINUAL if mean(m, "last") is not None]
-    if baselines and mean("lifealign", "last") is not None:
-        best = max(baselines, key=lambda m: mean(m, "last"))
-        out.append(("best Last", f"LifeAlign - {report.LABELS[best]} (strongest baseline), Last",
-                    diff(mean("lifealign", "last"), mean(best, "last")),
-                    diff(paper(main, "LifeAlign", "last"), paper(main, report.LABELS[best], "last")), "last", False))
-    for m in ("seqft", "er"):
-        out.append(("SeqFT and ER forget", f"{report.LABELS[m]} BWT below zero", mean(m, "bwt"),
-                    paper(main, report.LABELS[m], "bwt"), "bwt", True))
-    for m in ("seqft", "er"):
-        out.append(("LifeAlign forgets least", f"LifeAlign - {report.LABELS[m]}, BWT",
-                    diff(mean("lifealign", "bwt"), mean(m, "bwt")),
-                    diff(paper(main, "LifeAlign", "bwt"), paper(main, report.LABELS[m], "bwt")), "bwt", False))
-    letters = {letter: method for letter, method, _, _ in report.ABLATION}
-    for x, y, what in (("b", "a", "SLMC - neither"), ("b", "c", "SLMC - FPO"), ("d", "b", "both - SLMC")):
-        out.append(("ablation", f"{what} ({x} - {y}), BWT", diff(mean(letters[x], "bwt"), mean(letters[y], "bwt")),
-                    diff(paper(ablation, x, "bwt"), paper(ablation, y, "bwt")), "bwt", False))
-    for order in ("order1", "order2", "order3"):
-        for m in ("er", "cppo"):
-            ours = diff(mean("lifealign", "bwt", order, ("matrix", "orders")), mean(m, "bwt", order, ("matrix", "orders")))
-            theirs = diff(order_value(pm, order, "LifeAlign"), order_value(pm, order, report.LABELS[m])) if pm else None
-            out.append(("every order", f"{order}: LifeAlign - {report.LABELS[m]}, BWT", ours, theirs, "bwt", False))
-    points = dict(report.sweep_points(runs, "slmc_lambda", 0.5, metric))
-    for value in (0.8, 1.0):
-        ours = diff(points[value]["bwt"]["mean"], points[0.5]["bwt"]["mean"]) if value in points and 0.5 in points \
-            else None
-        theirs = diff(get(lam, value, f"{pm}_bwt"), get(lam, 0.5, f"{pm}_bwt")) if pm == "rougel" else None
-        out.append(("lambda", f"lambda {value:g} - 0.5, BWT", ours, theirs, "bwt", False))
+    for claim in report.CLAIMS:
+        for key, a, b, expect in claim.comparisons if claim.comparisons is not None else report.lambda_comparisons(df):
+            if expect is None or "+" in key:
+                continue
+            zero, label = b is report.ZERO, report.KEY_LABELS[key]
+            ours = None if mean(a, key) is None or mean(b, key) is None else mean(a, key) - mean(b, key)
+            paper_diff = None if theirs(a, key) is None or theirs(b, key) is None else theirs(a, key) - theirs(b, key)
+            out.append((claim.text, f"{a.label} {label} below zero" if zero else f"{a.label} - {b.label}, {label}",
+                        ours, paper_diff, key, zero))
     return out
 
 
@@ -115,12 +74,13 @@ def main(argv=None):
     p.add_argument("--paper", default=str(ROOT / "paper"))
     p.add_argument("--out", default=str(ROOT / "docs"))
     args = p.parse_args(argv)
-    runs = report.load_runs(args.results)
+    df = tidy(load_runs(args.results))  # the runs made by the current run code
+    paper = report.paper_numbers(args.paper)
     doc, lines = {"metrics": {}}, []
     for metric in METRICS:
-        spread = {k: report.pooled_sd(runs, metric, k) for k in ("bwt", "last")}
+        spread = {k: report.pooled(df, metric, k) for k in ("bwt", "last")}
         rows = []
-        for claim, what, ours, theirs, key, one in comparisons(runs, metric, Path(args.paper)):
+        for claim, what, ours, theirs, key, one in comparisons(df, metric, paper):
             sd = spread[key][0]
             rows.append({"claim": claim, "comparison": what, "ours": ours, "paper": theirs, "key": key,
                          "seed_sd": sd, "seeds_for_ours": seeds_needed(ours, sd, one),

@@ -18,6 +18,9 @@ def run(script, out, env, *args):
     doc = json.loads((out / f"{name}.json").read_text())
     assert doc["name"] == name and doc["args"]["smoke"]
     assert {"cpu", "cores", "torch_threads", "versions", "peak_rss_mb"} <= set(doc["machine"])
+    if name != "gpu_preference":  # every script the book shows writes its page beside its JSON
+        page = (out / f"{name}.md").read_text()
+        assert "Measured " in page and "*Measured with `--smoke`" in page and page.count("|") > 4, page
     return doc
 
 

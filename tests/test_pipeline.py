@@ -50,7 +50,7 @@ def test_grid_is_a_product_with_sweeps_and_no_repeats():
 
 
 def test_a_named_order_with_tasks_left_out_keeps_its_name():
-    from lifealign.report import order_name
+    from lifealign.runs import order_name
     assert order_name("order2") == "order2"
     # The quick profile's tasks keep order1's sequence; TruthfulQA before HC3 is order2's.
     assert order_name(["hh-rlhf-harmless-base", "safe-rlhf", "TruthfulQA"]) == "order1"
