@@ -6,7 +6,7 @@ evaluated are None or NaN and are ignored where a metric does not use them.
 """
 import math
 
-from .data import TASKS
+from .data import short_name
 from .evaluation import METRICS
 
 #: Every metric a row may hold: the judge-free scores, then the generation metrics and the judge.
@@ -119,13 +119,12 @@ def format_summary(results, timings=True):
 
 def _matrix_lines(results, metric):
     m = results["metrics"][metric]
-    short = {name: TASKS[name].short for name in results["order"]}
     fmt = lambda v: f"{v:11.2f}" if v is not None else f"{'-':>11}"  # noqa: E731
     lines = [f"\n{metric} (row = after task, column = evaluated task)",
-             f"{'':>12}" + "".join(f"{short[t]:>11}" for t in results["order"]),
+             f"{'':>12}" + "".join(f"{short_name(t):>11}" for t in results["order"]),
              f"{'base':>12}" + "".join(fmt(v) for v in m["base"])]
     for name, row in zip(results["rows"], m["matrix"]):
-        lines.append(f"{short.get(name, name):>12}" + "".join(fmt(v) for v in row))
+        lines.append(f"{short_name(name):>12}" + "".join(fmt(v) for v in row))
     if "failures" in m and (any(any(r) for r in m["failures"]) or any(m["base_failures"])):
         lines.append(f"  judge failures per cell: base {m['base_failures']}, rows {m['failures']}")
     lines.append("  " + "  ".join(f"{k} {v:.2f}" for k, v in m["summary"].items() if v is not None))
