@@ -26,7 +26,8 @@ def main(argv=None):
     try:
         if args.command == "run":
             from .progress import console_for
-            from .runner import format_summary, run
+            from .metrics import format_summary
+            from .runner import run
 
             cfg = load_config(args.config, args.overrides)
             results = run(cfg, console=console_for(cfg.progress))
@@ -34,7 +35,8 @@ def main(argv=None):
                 print(format_summary(results))
                 print(f"\nresults: {cfg.out}/results.json")
         elif args.command == "eval":
-            from .runner import format_summary, reevaluate
+            from .metrics import format_summary
+            from .runner import reevaluate
 
             results = reevaluate(args.run_dir, args.overrides)
             if int(os.environ.get("RANK", 0)) == 0:

@@ -29,7 +29,7 @@ from .io import fresh_dir, read_json, replace_dir, torch_save, write_json
 from .lora import add_lora, copy_into, lora_parameters
 from .losses import PREFERENCE_LOSSES
 from .machine import cache_root, machine_description, pick_precision, versions
-from .metrics import format_summary, run_metrics  # noqa: F401  (format_summary: lifealign.runner's API)
+from .metrics import run_metrics
 from .models import freeze_base_in_bf16, load_model, model_fingerprint
 from .progress import RunProgress, after_stage_label, task_stages
 from .reference import ReferenceCache, autocast
