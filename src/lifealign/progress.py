@@ -1,19 +1,19 @@
 """Live progress of a run: where it is (task k/T, stage, steps), how fast and how long it has left.
 
-`RunProgress` is what the continual loop calls at stage boundaries and, through a TrainerCallback,
-after every training step. It writes
-- `<out>/run.log`: timestamped lines, flushed one by one (`tail -f` follows a run);
-- `<out>/progress.json`: the same state, machine-readable and replaced atomically, which
-  `python -m lifealign.pipeline status` and the pipeline's group line read from another process;
-- to the console, if asked: on a terminal the log's boundary lines and a tqdm bar per training
-  stage ("bar"); in a log, the log's lines on stderr ("lines"); in a notebook, one bar for the
-  whole run ("notebook"). The pipeline's executed notebooks get none: their outputs hold no timings.
+`RunProgress` is what the continual loop calls at stage boundaries and, through `callback()`, after
+every training step. It writes `<out>/run.log` (timestamped lines, flushed one by one: `tail -f`
+follows a run) and `<out>/progress.json` (the same state, replaced atomically, which `python -m
+lifealign.pipeline status` and the pipeline's group line read from another process), and, if asked,
+to the console: "bar" (a terminal: the log's boundary lines and a tqdm bar per training stage),
+"lines" (the log's lines on stderr) or "notebook" (one bar for the whole run). The pipeline's
+executed notebooks get none: their outputs hold no timings.
 
 Estimated time left: a run's work is its tasks. The current task's share done is its finished stages
 plus the current stage's share of steps, each stage weighted by how long the same stage took in
 the previous task (in the first task, by FIRST_TASK_WEIGHTS). The rate is this process's time per
 unit of work, so a resumed run is not credited with the tasks it found finished.
 """
+import importlib.util
 import json
 import os
 import socket
@@ -22,6 +22,8 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
+
+from tqdm import tqdm
 
 from .io import write_text
 
@@ -36,12 +38,10 @@ def duration(seconds):
     """1h02m, 4m05s, 12s; '?' when unknown."""
     if seconds is None:
         return "?"
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    if minutes >= 60:
+        return f"{minutes // 60}h{minutes % 60:02d}m"
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
 def where(state):
@@ -70,9 +70,7 @@ class RunProgress:
     or "notebook" (a bar in the notebook's output); `enabled=False` (non-main ranks) does nothing."""
 
     def __init__(self, out, name="", console=None, enabled=True):
-        self.enabled = enabled
-        self.console = console
-        self.out = Path(out)
+        self.enabled, self.console, self.out = enabled, console, Path(out)
         self.state = {"run": name, "state": "running", "pid": os.getpid(), "host": socket.gethostname(),
                       "started": _now(), "task": None, "tasks": None, "task_name": None, "stage": None,
                       "step": 0, "steps": None, "tokens_per_s": None, "elapsed_s": 0.0, "eta_s": None}
@@ -85,7 +83,7 @@ class RunProgress:
         self.planned = []             # assumed weights of a task's stages, until one has been timed
         self.last_log = self.last_state = 0.0
         self.bar = None               # the terminal's bar of the current training stage
-        self.run_bar = None           # the notebook's bar of the whole run (tasks)
+        self.run_bar = None           # the notebook's bar of the whole run
         self.log_file = None
         if enabled:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -93,7 +91,6 @@ class RunProgress:
             self._line(f"run {name} started (pid {os.getpid()} on {self.state['host']})")
             self._save()
 
-    # ------------------------------------------------------------ what the loop calls
     def plan(self, tasks, done=0, stages=()):
         """The run trains `tasks` tasks, each through `stages` (task_stages()); `done` of them are
         already finished (a resumed run)."""
@@ -116,11 +113,9 @@ class RunProgress:
     def stage(self, stage, steps=None):
         """A stage begins: model, reference, SFT, preference, a plugin's (slmc...), evaluation, generation."""
         self._end_stage()
-        label = STAGE_LABELS.get(stage, stage)
-        self.state.update(stage=label, step=0, steps=steps, tokens_per_s=None)
+        self.state.update(stage=STAGE_LABELS.get(stage, stage), step=0, steps=steps, tokens_per_s=None)
         self.stage_t0 = self.last_log = time.time()
         self._update_eta()
-        self._refresh_run_bar()
         self._line(describe(self.state))
         self._save()
 
@@ -128,19 +123,19 @@ class RunProgress:
         """After a training step: `done` of `total` steps, `tokens` seen in this stage so far."""
         if not self.enabled:
             return
-        self.state.update(step=done, steps=total)
-        spent = time.time() - self.stage_t0
-        if tokens is not None and spent > 0:
-            self.state["tokens_per_s"] = tokens / spent
-        self._update_eta()
         now = time.time()
+        self.state.update(step=done, steps=total)
+        if tokens is not None and now > self.stage_t0:
+            self.state["tokens_per_s"] = tokens / (now - self.stage_t0)
+        self._update_eta()
         if self.console == "bar":
             if self.bar is None:
-                self.bar = _terminal_bar(total, self._bar_title())
+                title = where(dict(self.state, steps=None, tokens_per_s=None))
+                self.bar = tqdm(total=total, desc=title, unit="step", leave=False, dynamic_ncols=True,
+                                file=sys.stderr)
             self.bar.total = total
             self.bar.set_postfix_str(self._bar_postfix(), refresh=False)
             self.bar.update(done - self.bar.n)
-        self._refresh_run_bar()
         if now - self.last_log >= LOG_EVERY_S or done == total:
             self._line(describe(self.state), console=self.bar is None)
             self.last_log = now
@@ -160,15 +155,15 @@ class RunProgress:
 
     def finish(self, error=None):
         """The run ended: finished, or failed with `error`."""
-        if not self.enabled or self.log_file is None:
+        if self.log_file is None:
             return
         self._end_stage()
         self.state.update(state="failed" if error else "finished", stage=None, step=0, steps=None, eta_s=0.0,
                           tokens_per_s=None, elapsed_s=time.time() - self.t0)
         if error:
             self.state["error"] = f"{type(error).__name__}: {error}"
+        self._update_run_bar()
         if self.run_bar is not None:
-            self._refresh_run_bar()
             self.run_bar.close()
             self.run_bar = None
         self._line(f"run {self.state['state']}" + (f": {self.state['error']}" if error else "")
@@ -196,7 +191,6 @@ class RunProgress:
 
         return StepCallback()
 
-    # ------------------------------------------------------------ internals
     def _end_stage(self):
         if self.bar is not None:
             self.bar.close()
@@ -206,32 +200,31 @@ class RunProgress:
         self.stage_t0 = None
 
     def _update_eta(self):
+        """Elapsed time and ETA in the state, and the notebook's bar to match."""
         now = time.time()
         self.state["elapsed_s"] = now - self.t0
+        self.state["eta_s"] = None
         tasks = self.state["tasks"]
-        if not tasks or self.work_start is None:
-            self.state["eta_s"] = None
-            return
-        started, done_before = self.work_start
-        done = min(self.tasks_done + self._task_share(), tasks)
-        work = done - done_before
-        self.state["eta_s"] = (now - started) / work * (tasks - done) if work > 0.01 else None
+        if tasks and self.work_start is not None:
+            started, done_before = self.work_start
+            done = min(self.tasks_done + self._task_share(), tasks)
+            if done - done_before > 0.01:
+                self.state["eta_s"] = (now - started) / (done - done_before) * (tasks - done)
+        self._update_run_bar()
 
     def _task_share(self):
         """The current task's share done: its finished stages plus the current stage's share of
         steps, each stage weighted by how long the same stage of the previous task took (in the
         first task, by the planned stages' FIRST_TASK_WEIGHTS)."""
-        if self.state["task"] is None or self.state["task"] <= self.tasks_done:
+        weights = self.stage_weights or self.planned
+        if self.state["task"] is None or self.state["task"] <= self.tasks_done or not weights:
             return 0.0
         done = len(self.task_stages)
         frac = self.state["step"] / self.state["steps"] if self.state["steps"] else 0.0
-        weights = self.stage_weights or self.planned
-        if not weights:
-            return 0.0
         current = weights[done] if done < len(weights) else 0.0
         return min((sum(weights[:done]) + current * frac) / (sum(weights) or 1.0), 1.0)
 
-    def _refresh_run_bar(self):
+    def _update_run_bar(self):
         if self.run_bar is None:
             return
         done = self.state["tasks"] if self.state["state"] == "finished" else self.tasks_done + self._task_share()
@@ -240,80 +233,55 @@ class RunProgress:
         self.run_bar.set_postfix_str(self._bar_postfix(speed=False), refresh=False)
         self.run_bar.refresh()
 
-    def _bar_title(self):
-        s = self.state
-        task = f"task {s['task']}/{s['tasks']} {s['task_name']}: " if s["task"] else ""
-        return f"{task}{s['stage']}"
-
     def _bar_postfix(self, speed=True):
         s = self.state
         speed = f"{s['tokens_per_s']:.0f} tok/s, " if speed and s["tokens_per_s"] else ""
         return f"{speed}run {duration(s['elapsed_s'])}, ETA {duration(s['eta_s'])}"
 
     def _line(self, text, console=True):
-        if not self.enabled or self.log_file is None:
+        if self.log_file is None:
             return
         line = f"{datetime.now():%Y-%m-%d %H:%M:%S} {text}"
         self.log_file.write(line + "\n")
         if console and self.console == "lines":
             print(line, file=sys.stderr, flush=True)
         elif console and self.console == "bar":
-            from tqdm import tqdm
-
             tqdm.write(line, file=sys.stderr)
 
     def _save(self):
-        if not self.enabled:
-            return
-        self.state["updated"] = _now()
-        write_text(self.out / "progress.json", json.dumps(self.state, indent=1) + "\n")
-        self.last_state = time.time()
-
-
-def _terminal_bar(total, title):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=title, unit="step", leave=False, dynamic_ncols=True, file=sys.stderr,
-                disable=False)
+        if self.enabled:
+            self.state["updated"] = _now()
+            write_text(self.out / "progress.json", json.dumps(self.state, indent=1) + "\n")
+            self.last_state = time.time()
 
 
 def _notebook_bar():
-    """The run's bar (percent done) in a notebook's output: tqdm's widget, or a text line without
-    ipywidgets."""
-    try:
-        import ipywidgets  # noqa: F401  (tqdm.notebook's bar is one)
-        from tqdm.notebook import tqdm
-    except ImportError:
-        return _TextBar()
-    return tqdm(total=100, disable=False, bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}")
+    """The run's bar (percent done) in a notebook's output: tqdm's widget, or without ipywidgets a
+    text line updated in place."""
+    if importlib.util.find_spec("ipywidgets") is None:
+        return tqdm(total=100, file=_DisplayLine(), bar_format="{desc} {percentage:3.0f}% [{bar:20}]{postfix}",
+                    ascii=".#")
+    from tqdm.notebook import tqdm as widget_bar
+
+    return widget_bar(total=100, disable=False, bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}")
 
 
-class _TextBar:
-    """A line in a notebook's output, updated in place (IPython display), where tqdm's widget bar
-    is not available. Takes the calls RunProgress makes on a tqdm bar."""
+class _DisplayLine:
+    """A file for a tqdm bar that shows the last line written as one line of a notebook's output,
+    updated in place (IPython display)."""
 
     def __init__(self):
         from IPython.display import Pretty, display
 
         self.pretty = Pretty
-        self.n, self.desc, self.postfix = 0, "", ""
-        self.handle = display(Pretty(self._text()), display_id=True)
+        self.handle = display(Pretty(""), display_id=True)
 
-    def _text(self):
-        filled = self.n // 5
-        return f"{self.desc} {self.n:3d}% [{'#' * filled}{'.' * (20 - filled)}] {self.postfix}"
+    def write(self, text):
+        if text.strip():
+            self.handle.update(self.pretty(text.strip()))
 
-    def set_description_str(self, text, refresh=True):
-        self.desc = text
-
-    def set_postfix_str(self, text, refresh=True):
-        self.postfix = text
-
-    def refresh(self):
-        self.handle.update(self.pretty(self._text()))
-
-    def close(self):
-        self.refresh()
+    def flush(self):
+        pass
 
 
 def console_for(progress):
@@ -340,9 +308,8 @@ def after_stage_label(strategy):
 
 def read_state(run_dir):
     """A run folder's progress.json, or None."""
-    path = Path(run_dir) / "progress.json"
     try:
-        return json.loads(path.read_text())
+        return json.loads((Path(run_dir) / "progress.json").read_text())
     except (OSError, ValueError):
         return None
 
@@ -352,14 +319,13 @@ def is_live(state):
     machine, its process alive (a killed run leaves `running` behind)."""
     if not state or state.get("state") != "running":
         return False
-    if state.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(state["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, TypeError, ValueError):
-        return True
+    if state.get("host") == socket.gethostname():
+        try:
+            os.kill(int(state["pid"]), 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, KeyError, TypeError, ValueError):
+            pass  # another user's process, or no usable pid: taken as running
     return True
 
 
@@ -381,20 +347,17 @@ class GroupLine:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True)
         self.bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(bar_format="{desc}", file=sys.stderr, leave=False, dynamic_ncols=True)
 
     def __enter__(self):
+        # disable=None: a terminal gets the line, a log gets `log` lines
+        self.bar = tqdm(bar_format="{desc}", file=sys.stderr, leave=False, dynamic_ncols=True, disable=None)
         self.thread.start()
         return self
 
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join()
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
         return False
 
     def elapsed(self):
@@ -417,11 +380,9 @@ class GroupLine:
             state = read_state(self.run_folder)
             if not state or state.get("state") != "running":
                 continue
-            text = self.line(state)
-            if self.bar is not None:
+            text, place = self.line(state), (state.get("task"), state.get("stage"))
+            if not self.bar.disable:
                 self.bar.set_description_str(text)
-                continue
-            place = (state.get("task"), state.get("stage"))
-            if place != shown or time.time() - last_log >= self.QUIET_S:
+            elif place != shown or time.time() - last_log >= self.QUIET_S:
                 self.log(text)
                 shown, last_log = place, time.time()
