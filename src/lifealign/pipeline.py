@@ -33,7 +33,9 @@ import os
 import re
 import shutil
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -49,6 +51,9 @@ NOTEBOOKS = ("data", "method", "report")
 PROFILE_ENV = "LIFEALIGN_PROFILE"
 # Keys a run's config may differ in without its results going stale.
 _VOLATILE_KEYS = ("out", "progress", "cache_dir")
+# Keys whose default value counts as absent: results saved without the key compare equal to a
+# config at its default.
+_ABSENT_AT_DEFAULT = {"engine": "ours"}
 
 
 def repo_root():
@@ -61,7 +66,6 @@ def repo_root():
     return Path(__file__).resolve().parents[2]
 
 
-# ---------------------------------------------------------------- profiles and the grid
 def load_params(path=None):
     path = Path(path or repo_root() / "params.yaml")
     if not path.exists():
@@ -150,11 +154,6 @@ def results_dir(profile_name, spec, root=None):
     return Path(root or repo_root()) / "results" / profile_name / spec.group / spec.id
 
 
-# Keys whose default value counts as absent: results saved without the key compare equal to a
-# config at its default.
-_ABSENT_AT_DEFAULT = {"engine": "ours"}
-
-
 def _comparable(config):
     return {k: v for k, v in config.items()
             if k not in _VOLATILE_KEYS and not (k in _ABSENT_AT_DEFAULT and v == _ABSENT_AT_DEFAULT[k])}
@@ -188,38 +187,30 @@ def status(profile_name=None, params=None, root=None):
     """One line per run of the profile: its group, id, state and, for a run in progress (or one
     that stopped), where it is or stopped; then the counts."""
     root, profile_name, profile = _profile(profile_name, params, root)
-    lines, counts = [], {}
-    for group in GROUPS:
-        for spec in grid(profile, group):
-            state = run_state(profile_name, spec, root)
-            counts[state] = counts.get(state, 0) + 1
-            progress = read_state(run_dir(profile_name, spec, root))
-            detail = ""
-            if state == "running":
-                detail = describe(progress)
-            elif state in ("missing", "stale") and progress and progress.get("state") != "finished":
-                stopped = "failed" if progress.get("state") == "failed" else "stopped"
-                detail = f"({stopped} at task {progress.get('task') or 0}/{progress.get('tasks') or '?'})"
-            lines.append(f"{group:12s} {spec.id:45s} {state:8s} {detail}".rstrip())
-    total = sum(counts.values())
-    lines.append(f"profile {profile_name}: {total} runs, "
-                 + ", ".join(f"{counts[k]} {k}" for k in ("done", "running", "missing", "stale") if k in counts))
-    return lines
+    lines, counts = [], Counter()
+    for spec in [spec for group in GROUPS for spec in grid(profile, group)]:
+        state = run_state(profile_name, spec, root)
+        counts[state] += 1
+        progress = read_state(run_dir(profile_name, spec, root))
+        detail = describe(progress) if state == "running" else ""
+        if state in ("missing", "stale") and progress and progress.get("state") != "finished":
+            stopped = "failed" if progress.get("state") == "failed" else "stopped"
+            detail = f"({stopped} at task {progress.get('task') or 0}/{progress.get('tasks') or '?'})"
+        lines.append(f"{spec.group:12s} {spec.id:45s} {state:8s} {detail}".rstrip())
+    counted = ", ".join(f"{counts[k]} {k}" for k in ("done", "running", "missing", "stale") if k in counts)
+    return lines + [f"profile {profile_name}: {counts.total()} runs, {counted}"]
 
 
-# ---------------------------------------------------------------- notebooks
 def strip_notebook(path):
     """Drop what changes from one execution to the next (timestamps, durations, random cell ids,
     papermill's run record), so that rerunning an unchanged stage writes an identical file."""
     nb = json.loads(Path(path).read_text())
-    nb.get("metadata", {}).pop("papermill", None)
-    nb.get("metadata", {}).pop("widgets", None)
+    for key in ("papermill", "widgets"):
+        nb.get("metadata", {}).pop(key, None)
     for i, cell in enumerate(nb.get("cells", [])):
         cell["id"] = f"cell-{i}"
-        meta = cell.get("metadata", {})
-        meta.pop("papermill", None)
-        meta.pop("execution", None)
-        meta.pop("ExecuteTime", None)
+        for key in ("papermill", "execution", "ExecuteTime"):
+            cell.get("metadata", {}).pop(key, None)
         for output in cell.get("outputs", []):
             output.get("metadata", {}).pop("execution", None)
     write_text(path, json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
@@ -239,18 +230,17 @@ def execute_notebook(name, output, parameters, root=None):
 
 
 def run_one(profile_name, spec, root=None):
-    """Execute the experiment notebook for one run, then copy its small results into results/."""
+    """Execute the experiment notebook for one run, then copy its small results into results/. A run
+    folder left by other run code or another config is cleared first: its tasks must not be resumed."""
     root = Path(root or repo_root())
     out_dir, res_dir = run_dir(profile_name, spec, root), results_dir(profile_name, spec, root)
-    notebook = out_dir / "experiment.ipynb"
-    version = str(RUN_CODE_VERSION)
-    stamp, saved = out_dir / "run_code.txt", out_dir / "config.json"
+    notebook, stamp, saved = out_dir / "experiment.ipynb", out_dir / "run_code.txt", out_dir / "config.json"
     config = _comparable(run_config(profile_name, spec, root).to_dict())
-    if out_dir.exists() and (not stamp.exists() or stamp.read_text().strip() != version
+    if out_dir.exists() and (not stamp.exists() or stamp.read_text().strip() != str(RUN_CODE_VERSION)
                              or (saved.exists() and _comparable(read_json(saved)) != config)):
-        shutil.rmtree(out_dir)  # tasks finished by other code or another config must not be resumed
+        shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(stamp, version + "\n")
+    write_text(stamp, f"{RUN_CODE_VERSION}\n")
     execute_notebook("experiment", notebook, {"config": config_path(profile_name), "progress_bar": False,
                                               "overrides": run_overrides(profile_name, spec)}, root)
     tmp = fresh_dir(res_dir.with_name(res_dir.name + ".tmp"))
@@ -268,23 +258,19 @@ def run_one(profile_name, spec, root=None):
     return res_dir
 
 
-def _say(line):
-    print(line, flush=True)
-
-
-def run_group(group, profile_name=None, params=None, root=None, log=_say, only=None):
+def run_group(group, profile_name=None, params=None, root=None, log=None, only=None):
     """Run the group's runs that are not done yet, one after the other; each finished run's results
     land in results/ at once (a kill loses at most the run in progress, which resumes per task).
-    `only`: run ids of the group to run, the others are left as they are (to order a long grid)."""
+    `log`: where the group's lines go (default: stdout). `only`: run ids of the group to run, the
+    others are left as they are (to order a long grid)."""
     root, profile_name, profile = _profile(profile_name, params, root)
+    log = log or partial(print, flush=True)
     all_specs = grid(profile, group)
-    specs = all_specs
-    if only:
-        unknown = sorted(set(only) - {s.id for s in all_specs})
-        if unknown:
-            raise ConfigError(f"profile {profile_name}, group {group}: no run {', '.join(unknown)} "
-                              f"(`python -m lifealign.pipeline list` shows the grid)")
-        specs = [s for s in all_specs if s.id in set(only)]
+    unknown = sorted(set(only or ()) - {s.id for s in all_specs})
+    if unknown:
+        raise ConfigError(f"profile {profile_name}, group {group}: no run {', '.join(unknown)} "
+                          f"(`python -m lifealign.pipeline list` shows the grid)")
+    specs = [s for s in all_specs if not only or s.id in only]
     if not (root / config_path(profile_name)).exists():
         raise ConfigError(f"profile {profile_name}: {config_path(profile_name)} does not exist")
     (root / "results" / profile_name / group).mkdir(parents=True, exist_ok=True)
@@ -347,7 +333,7 @@ def materialize_data(dest="data"):
     """Fill `dest` with the task release: a copy of $LIFEALIGN_DATA_DIR (or ../shared/data/
     lifealign-release) when one is reachable, else the verified pinned download. Files already
     there with the right content are kept."""
-    from .data import BLOB_SHA1, default_data_dir, download_release, git_blob_sha1
+    from .data import default_data_dir, download_release
 
     dest = Path(dest)
     source = default_data_dir()
@@ -364,10 +350,6 @@ def materialize_data(dest="data"):
         raise DataError(f"no task data for {dest}/: set LIFEALIGN_DATA_DIR to a copy of the LifeAlign data "
                         f"release (on these machines ../shared/data/lifealign-release), or allow access to "
                         f"raw.githubusercontent.com for the verified download ({err})") from None
-    bad = [f"{t}/{s}" for (t, s), sha in BLOB_SHA1.items()
-           if git_blob_sha1((dest / t / f"{s}.json").read_bytes()) != sha]
-    if bad:
-        raise DataError(f"{dest}: files do not match the pinned release: {', '.join(bad)}")
     return f"downloaded the pinned release into {dest}"
 
 
@@ -383,39 +365,36 @@ def use_profile(name, root=None):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m lifealign.pipeline", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run the missing runs of an experiment group")
-    r.add_argument("group", choices=GROUPS)
-    r.add_argument("runs", nargs="*", metavar="RUN_ID", help="only these runs of the group (default: all)")
-    n = sub.add_parser("notebook", help="execute a notebook for the active profile")
-    n.add_argument("name", choices=NOTEBOOKS)
-    sub.add_parser("status", help="every run of the active profile: done, running (where, ETA), missing or stale")
-    sub.add_parser("list", help="the same as status")
-    sub.add_parser("prepare-model", help="convert or download the active profile's model")
-    d = sub.add_parser("data", help="materialise data/ from $LIFEALIGN_DATA_DIR or the pinned download")
-    d.add_argument("--dest", default="data")
-    u = sub.add_parser("use", help="make a profile the active one (edits params.yaml)")
-    u.add_argument("name")
-    for q in (r, n, sub.choices["status"], sub.choices["list"], sub.choices["prepare-model"]):
-        q.add_argument("--profile", default=None, help=f"default: ${PROFILE_ENV} or params.yaml's profile")
-    args = p.parse_args(argv)
+    parser = argparse.ArgumentParser(prog="python -m lifealign.pipeline", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    with_profile = argparse.ArgumentParser(add_help=False)
+    with_profile.add_argument("--profile", default=None, help=f"default: ${PROFILE_ENV} or params.yaml's profile")
+
+    def command(name, help, action, profile=True):
+        parser = sub.add_parser(name, help=help, parents=[with_profile] if profile else [])
+        parser.set_defaults(action=action)
+        return parser
+
+    run = command("run", "run the missing runs of an experiment group",
+                  lambda args: run_group(args.group, args.profile, only=args.runs))
+    run.add_argument("group", choices=GROUPS)
+    run.add_argument("runs", nargs="*", metavar="RUN_ID", help="only these runs of the group (default: all)")
+    command("notebook", "execute a notebook for the active profile",
+            lambda args: print(run_notebook(args.name, args.profile))).add_argument("name", choices=NOTEBOOKS)
+    for name, help in (("status", "every run of the active profile: done, running (where, ETA), missing or stale"),
+                       ("list", "the same as status")):
+        command(name, help, lambda args: print("\n".join(status(args.profile))))
+    command("prepare-model", "convert or download the active profile's model",
+            lambda args: print(prepare_model(args.profile)))
+    command("data", "materialise data/ from $LIFEALIGN_DATA_DIR or the pinned download",
+            lambda args: print(materialize_data(args.dest)), profile=False).add_argument("--dest", default="data")
+    command("use", "make a profile the active one (edits params.yaml)", lambda args: use_profile(args.name),
+            profile=False).add_argument("name")
+    args = parser.parse_args(argv)
     try:
-        if args.command == "run":
-            run_group(args.group, args.profile, only=args.runs)
-        elif args.command == "notebook":
-            print(run_notebook(args.name, args.profile))
-        elif args.command == "use":
-            use_profile(args.name)
-        elif args.command == "prepare-model":
-            print(prepare_model(args.profile))
-        elif args.command == "data":
-            print(materialize_data(args.dest))
-        else:
-            print("\n".join(status(args.profile)))
+        args.action(args)
     except (ConfigError, DataError) as err:
         sys.exit(f"error: {err}")
-
 
 if __name__ == "__main__":
     main()
