@@ -4,6 +4,7 @@ import os
 import shutil
 import sys
 import tempfile
+from contextlib import suppress
 from pathlib import Path
 
 
@@ -23,10 +24,8 @@ def _atomic(path, write):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         if made_dir:
-            try:
+            with suppress(OSError):
                 path.parent.rmdir()
-            except OSError:
-                pass
         raise
 
 
@@ -55,16 +54,14 @@ def read_json(path):
 def fresh_dir(path):
     """An empty folder at `path` (whatever was there is removed): where a directory is written
     before `replace_dir` moves it into place."""
-    path = Path(path)
     shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    return path
+    Path(path).mkdir(parents=True)
+    return Path(path)
 
 
 def replace_dir(tmp_dir, final_dir):
     """Move a fully written directory into place (an older copy is removed first)."""
-    final_dir = Path(final_dir)
-    if final_dir.exists():
+    if Path(final_dir).exists():
         shutil.rmtree(final_dir)
     os.replace(tmp_dir, final_dir)
 
