@@ -70,7 +70,8 @@ class RunProgress:
     or "notebook" (a bar in the notebook's output); `enabled=False` (non-main ranks) does nothing."""
 
     def __init__(self, out, name="", console=None, enabled=True):
-        self.enabled, self.console, self.out = enabled, console, Path(out)
+        self.enabled, self.out = enabled, Path(out)
+        self.console = console if enabled else None
         self.state = {"run": name, "state": "running", "pid": os.getpid(), "host": socket.gethostname(),
                       "started": _now(), "task": None, "tasks": None, "task_name": None, "stage": None,
                       "step": 0, "steps": None, "tokens_per_s": None, "elapsed_s": 0.0, "eta_s": None}
@@ -98,7 +99,7 @@ class RunProgress:
         self.planned = [FIRST_TASK_WEIGHTS.get(STAGE_LABELS.get(s, s), 1.0) for s in stages]
         if done:
             self._line(f"resuming: {done}/{tasks} tasks finished")
-        if self.enabled and self.console == "notebook" and self.run_bar is None:
+        if self.console == "notebook" and self.run_bar is None:
             self.run_bar = _notebook_bar()
         self._save()
 
@@ -121,8 +122,6 @@ class RunProgress:
 
     def steps(self, done, total, tokens=None):
         """After a training step: `done` of `total` steps, `tokens` seen in this stage so far."""
-        if not self.enabled:
-            return
         now = time.time()
         self.state.update(step=done, steps=total)
         if tokens is not None and now > self.stage_t0:
@@ -243,10 +242,8 @@ class RunProgress:
             return
         line = f"{datetime.now():%Y-%m-%d %H:%M:%S} {text}"
         self.log_file.write(line + "\n")
-        if console and self.console == "lines":
-            print(line, file=sys.stderr, flush=True)
-        elif console and self.console == "bar":
-            tqdm.write(line, file=sys.stderr)
+        if console and self.console in ("lines", "bar"):
+            tqdm.write(line, file=sys.stderr)  # above the terminal's bar, if one is shown
 
     def _save(self):
         if self.enabled:
