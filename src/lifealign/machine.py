@@ -1,8 +1,6 @@
 """Where a run runs: the machine it records (`machine_description`, `versions`), the precision it
 trains in (`pick_precision`) and where caches live (`cache_root`)."""
 
-from __future__ import annotations
-
 import importlib.metadata
 import os
 import platform
