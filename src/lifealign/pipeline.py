@@ -135,10 +135,8 @@ def config_path(profile_name):
 def run_overrides(profile_name, spec):
     """The overrides the experiment notebook applies to the profile's config for one run (paths
     relative to the repository root, where the notebooks run). Data come from data/ (`make data`)."""
-    values = {"data.dir": "data", **dict(spec.overrides())}
-    values.update({"name": f"{profile_name}/{spec.group}/{spec.id}",
-                   "out": f"runs/{profile_name}/{spec.group}/{spec.id}", "progress": False})
-    return values
+    run = f"{profile_name}/{spec.group}/{spec.id}"
+    return {"data.dir": "data", **dict(spec.overrides()), "name": run, "out": f"runs/{run}", "progress": False}
 
 
 def run_config(profile_name, spec, root=None):
