@@ -22,30 +22,26 @@ def main(argv=None):
     p_prep = sub.add_parser("prepare-model", help="dequantise and cache a model (smollm2-135m-instruct)")
     p_prep.add_argument("name", nargs="?", default="smollm2-135m-instruct")
     args = parser.parse_args(argv)
-
     try:
-        if args.command == "run":
-            from .progress import console_for
-            from .metrics import format_summary
-            from .runner import run
-
-            cfg = load_config(args.config, args.overrides)
-            results = run(cfg, console=console_for(cfg.progress))
-            if int(os.environ.get("RANK", 0)) == 0:
-                print(format_summary(results))
-                print(f"\nresults: {cfg.out}/results.json")
-        elif args.command == "eval":
-            from .metrics import format_summary
-            from .runner import reevaluate
-
-            results = reevaluate(args.run_dir, args.overrides)
-            if int(os.environ.get("RANK", 0)) == 0:
-                print(format_summary(results))
-        elif args.command == "prepare-model":
+        if args.command == "prepare-model":
             from .models import load_model
 
             load_model(args.name)
             print(f"{args.name}: ready")
+            return 0
+        from .metrics import format_summary
+        from .progress import console_for
+        from .runner import reevaluate, run
+
+        if args.command == "run":
+            cfg = load_config(args.config, args.overrides)
+            results = run(cfg, console=console_for(cfg.progress))
+        else:
+            results = reevaluate(args.run_dir, args.overrides)
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(format_summary(results))
+            if args.command == "run":
+                print(f"\nresults: {cfg.out}/results.json")
     except (ConfigError, DataError, JudgeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
