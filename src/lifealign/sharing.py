@@ -7,16 +7,14 @@ brings them into another clone, where `lifealign eval RUN_DIR` re-evaluates them
     python -m lifealign.sharing push [TARGET ...] [--remote URL]    # make push-runs [RUNS_REMOTE=URL]
     python -m lifealign.sharing pull [TARGET ...] [--remote URL]    # make pull-runs [RUNS_REMOTE=URL]
 
-TARGETs are DVC targets: the experiment stages by default (matrix ablation orders sensitivity of
-the active profile, as recorded in dvc.lock), or .dvc files. `--remote` records the remote named
-"runs" as the default in .dvc/config.local (never committed: each clone has its own); without it
-the remote already configured is used. Any DVC URL works: a local directory (the default setup),
-s3://bucket/path, gs://bucket/path, ssh://host/path (those need `pip install "dvc[s3]"`, `dvc[gs]`,
-`dvc[ssh]`, and credentials as DVC reads them). A remote made here verifies every object it
-downloads (DVC's `verify`), so a corrupt file fails the pull instead of landing in runs/.
-
-Errors are one line naming what to fix; DVC does not overwrite files that differ from what it
-would check out, so nothing already in runs/ is lost.
+TARGETs are DVC targets: by default the experiment stages of the active profile (as dvc.lock
+records them), or .dvc files. `--remote` records the remote "runs" as the default in
+.dvc/config.local (each clone has its own, never committed); without it the configured remote is
+used. Any DVC URL works: a local directory, s3://, gs://, ssh:// (these need `pip install
+"dvc[s3]"`, `dvc[gs]` or `dvc[ssh]`, and credentials as DVC reads them). A remote made here verifies
+every object it downloads, so a corrupt file fails the pull instead of landing in runs/. Errors
+are one line naming what to fix; DVC does not overwrite files that differ from what it would
+check out, so nothing already in runs/ is lost.
 """
 import argparse
 import os
@@ -36,8 +34,8 @@ class SharingError(RuntimeError):
 
 
 def _dvc(root, *args, check=True):
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     if "No module named dvc" in done.stderr:
         raise SharingError("DVC is not installed: `make install` (or pip install -e \".[pipeline]\")")
     if check and done.returncode != 0:
@@ -46,8 +44,13 @@ def _dvc(root, *args, check=True):
 
 
 def _last_error(text):
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("ERROR")]
-    return lines[-1].removeprefix("ERROR:").strip() if lines else ""
+    errors = [line.strip() for line in text.splitlines() if line.strip().startswith("ERROR")]
+    return errors[-1].removeprefix("ERROR:").strip() if errors else ""
+
+
+def _last_line(text):
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 def _is_local(url):
@@ -59,11 +62,8 @@ def configured_remote(root):
     name = _dvc(root, "remote", "default", check=False).stdout.strip()
     if not name or "No default remote" in name:
         return None
-    for line in _dvc(root, "remote", "list").stdout.splitlines():
-        parts = line.split()
-        if parts and parts[0] == name:
-            return parts[1]
-    return None
+    remotes = [line.split() for line in _dvc(root, "remote", "list").stdout.splitlines()]
+    return next((parts[1] for parts in remotes if parts and parts[0] == name), None)
 
 
 def set_remote(root, url):
@@ -76,10 +76,7 @@ def set_remote(root, url):
 
 
 def _remote(root, url, creating):
-    if url:
-        url = set_remote(root, url)
-    else:
-        url = configured_remote(root)
+    url = set_remote(root, url) if url else configured_remote(root)
     if url is None:
         raise SharingError("no DVC remote for the run folders: give one once with `make push-runs RUNS_REMOTE=DIR` "
                            "(or s3://..., gs://..., ssh://...); it is kept in .dvc/config.local")
@@ -95,8 +92,7 @@ def _remote(root, url, creating):
 
 def push(root=".", targets=DEFAULT_TARGETS, remote=None):
     url = _remote(root, remote, creating=True)
-    out = _dvc(root, "push", *targets).stdout.strip().splitlines()
-    return url, out[-1] if out else ""
+    return url, _last_line(_dvc(root, "push", *targets).stdout)
 
 
 def pull(root=".", targets=DEFAULT_TARGETS, remote=None):
@@ -114,8 +110,7 @@ def pull(root=".", targets=DEFAULT_TARGETS, remote=None):
             hint = _last_error(text)
         raise SharingError(f"pulling {' '.join(targets)} from {url} failed: {hint}")
     check_run_files(Path(root) / "runs")
-    lines = done.stdout.strip().splitlines()
-    return url, lines[-1] if lines else ""
+    return url, _last_line(done.stdout)
 
 
 def check_run_files(folder):
