@@ -174,8 +174,7 @@ def is_done(profile_name, spec, root=None):
 
 
 def run_state(profile_name, spec, root=None):
-    """"running" (its run folder's progress.json is live), else committed_state: "done", "stale"
-    (committed results made with another config or run-code version) or "missing"."""
+    """"running" when its run folder's progress.json is live, else its committed_state."""
     if is_live(read_state(run_dir(profile_name, spec, root))):
         return "running"
     return committed_state(profile_name, spec, root)
