@@ -5,11 +5,9 @@ with train.json and test.json, each a JSON array of {"query", "chosen", "rejecte
 never part of this repository: it is read from a path (see `default_data_dir`) or fetched with
 `download_release`, which verifies every file against its git blob SHA-1.
 
-Reading (`read_split`) is strict about structure and explicit about content: a malformed file
-is a `DataError` naming the file, record index and key; records that cannot train a preference
-(empty chosen or rejected, chosen == rejected) are filtered out and counted in a report, never
-dropped silently. Records come out as {"prompt", "chosen", "rejected", "index"}, index being the
-position in the file, always in file order, so that replay's "first 20% of the rows" (the paper's
+Reading (`read_split`) is strict about structure and explicit about content: a malformed file is a
+`DataError` naming the file, record and key; unusable pairs are filtered out and counted, never
+dropped silently. Records keep file order, so that replay's "first 20% of the rows" (the paper's
 replay) keeps its meaning.
 """
 
@@ -188,10 +186,9 @@ def read_split(path: Path, on_invalid: str = "filter") -> tuple[list[dict], dict
     Returns (records, report). Each record is {"prompt": query, "chosen", "rejected", "index"},
     index being its position in the file; records stay in file order.
 
-    Structural problems are always a DataError naming the file (and the record index and key):
-    missing file, invalid UTF-8 or JSON (with the error position), top level not an array, a record
-    not an object, a missing "query"/"chosen"/"rejected", a value that is not a string. Extra keys
-    are ignored.
+    Structural problems (a missing file, invalid UTF-8 or JSON, anything but an array of objects with
+    string "query", "chosen" and "rejected"; extra keys are ignored) are always a DataError naming
+    the file and, where it applies, the record index and key.
 
     Content problems, checked in this order and counted under the first that applies:
     "empty_chosen" / "empty_rejected" (empty or whitespace-only), "chosen_equals_rejected" (equal
