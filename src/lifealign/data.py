@@ -1,19 +1,14 @@
 """The six LifeAlign preference tasks: where they live, how they are read, checked and split.
 
 The data is the authors' release (commit e7e5581 of real-ljs/LifeAlign): for each task a folder
-with train.json and test.json, each a JSON array of {"query", "chosen", "rejected"} strings.
-It is never part of this repository; it is read from a path (see `default_data_dir`) or fetched
-with `download_release`, which verifies every file against its git blob SHA-1.
+with train.json and test.json, each a JSON array of {"query", "chosen", "rejected"} strings. It is
+never part of this repository: it is read from a path (see `default_data_dir`) or fetched with
+`download_release`, which verifies every file against its git blob SHA-1.
 
-Reading is strict about structure and explicit about content:
-- a file that is not a JSON array of objects with three string fields is an error (`DataError`,
-  naming the file and the record index and key);
-- records whose content cannot train a preference (empty chosen or rejected, chosen == rejected)
-  are filtered out and counted in a report, or raise with on_invalid="error". Nothing is dropped
-  silently.
-
-Records come out as {"prompt", "chosen", "rejected", "index"}, index being the position in the file,
-and always in file order, so that replay's "first 20% of the rows" (the paper's replay) keeps its meaning.
+Reading (`read_split`) is strict about structure and explicit about content: a malformed file is a
+`DataError` naming the file, record and key; unusable pairs are filtered out and counted, never
+dropped silently. Records keep file order, so that replay's "first 20% of the rows" (the paper's
+replay) keeps its meaning.
 """
 
 from __future__ import annotations
@@ -26,12 +21,10 @@ import urllib.error
 import urllib.request
 import warnings
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 
 from .io import write_bytes
-
-# -----------------------------------------------------------------------------
-# the task suite: the paper's six preference tasks
 
 
 @dataclass(frozen=True)
@@ -56,16 +49,12 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          "truthfulness: chosen = one correct answer, rejected = '; '-joined false answers"),
 ]}
 
-_T = list(TASKS)  # T1..T6 in paper order
+# the paper's task orders, T1..T6 being TASKS in the order above; order1 is the main table's
 ORDERS: dict[str, list[str]] = {
-    "order1": [_T[0], _T[1], _T[2], _T[3], _T[4], _T[5]],  # T1 T2 T3 T4 T5 T6 (main table)
-    "order2": [_T[5], _T[4], _T[3], _T[2], _T[1], _T[0]],  # T6 T5 T4 T3 T2 T1
-    "order3": [_T[2], _T[0], _T[5], _T[3], _T[1], _T[4]],  # T3 T1 T6 T4 T2 T5
+    order: [list(TASKS)[t - 1] for t in paper_order]
+    for order, paper_order in {"order1": (1, 2, 3, 4, 5, 6), "order2": (6, 5, 4, 3, 2, 1),
+                               "order3": (3, 1, 6, 4, 2, 5)}.items()
 }
-del _T
-
-# -----------------------------------------------------------------------------
-# the official files
 
 UPSTREAM_COMMIT = "e7e5581"
 UPSTREAM_URL = "https://raw.githubusercontent.com/real-ljs/LifeAlign/{commit}/data/{task}/{split}.json"
@@ -91,7 +80,7 @@ BLOB_SHA1: dict[tuple[str, str], str] = {
 RELEASE_DIRNAME = Path("..") / "shared" / "data" / "lifealign-release"
 DATA_DIR_ENV = "LIFEALIGN_DATA_DIR"
 
-# split rule for a task whose release has no train.json (HC3 here), see `load_task`
+# the test share of a task whose release has no train.json (HC3), see `split_by_prompt`
 DERIVED_TEST_FRACTION = 0.2
 
 # content problems that `read_split` filters (or raises on), in the order they are checked
@@ -109,10 +98,8 @@ class TaskUnavailable(DataError):
 def task_name(name: str) -> str:
     """The task's name (its folder in the release) for a task name or short name ("harmless");
     DataError listing the known ones otherwise."""
-    if name in TASKS:
-        return name
     for task in TASKS.values():
-        if name == task.short:
+        if name in (task.name, task.short):
             return task.name
     known = ", ".join(f"{t.name} ({t.short})" for t in TASKS.values())
     raise DataError(f"unknown task {name!r}; known tasks: {known}")
@@ -124,16 +111,12 @@ def short_name(name: str) -> str:
     return task.short if task else name
 
 
-# -----------------------------------------------------------------------------
-# finding and fetching the release
-
-
 def default_data_dir() -> Path | None:
     """The release directory to use when none is given.
 
-    $LIFEALIGN_DATA_DIR if set (a DataError if it does not exist); otherwise the first existing of
-    ../shared/data/lifealign-release relative to the current directory and relative to the repo
-    root (Path(__file__).parents[2]); otherwise None.
+    $LIFEALIGN_DATA_DIR if set (a DataError if it does not exist); otherwise the first existing
+    ../shared/data/lifealign-release relative to the current directory and to the repository root;
+    otherwise None.
     """
     env = os.environ.get(DATA_DIR_ENV)
     if env:
@@ -142,9 +125,8 @@ def default_data_dir() -> Path | None:
             raise DataError(f"{path}: ${DATA_DIR_ENV} is set but this directory does not exist")
         return path.resolve()
     for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        path = base / RELEASE_DIRNAME
-        if path.is_dir():
-            return path.resolve()
+        if (base / RELEASE_DIRNAME).is_dir():
+            return (base / RELEASE_DIRNAME).resolve()
     return None
 
 
@@ -153,40 +135,32 @@ def git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def download_release(
-    dest: Path,
-    files: list[tuple[str, str]] | None = None,
-    base_url: str = UPSTREAM_URL,
-    commit: str = UPSTREAM_COMMIT,
-    timeout: float = 60,
-    expected: dict[tuple[str, str], str] | None = None,
-) -> list[Path]:
+def download_release(dest: Path, files: list[tuple[str, str]] | None = None, base_url: str = UPSTREAM_URL,
+                     commit: str = UPSTREAM_COMMIT, timeout: float = 60,
+                     expected: dict[tuple[str, str], str] | None = None) -> list[Path]:
     """Download official files to dest/<task>/<split>.json, each verified before it lands.
 
     files: (task, split) pairs, default all of BLOB_SHA1. base_url is a format string with
     {commit}, {task} and {split}. expected overrides BLOB_SHA1 (tests). A file already present with
-    the right SHA-1 is skipped; one with a wrong SHA-1 is replaced (with a warning). Each download
-    goes to a temp file in the target folder and is moved into place with os.replace only when its
-    git blob SHA-1 matches, so a failed or corrupted download leaves no file behind. Any failure
-    raises DataError naming the URL. Returns the paths of all requested files.
+    the right SHA-1 is skipped; one with a wrong SHA-1 is replaced (with a warning). A download is
+    written (atomically) only when its git blob SHA-1 matches, so a failed or corrupted download
+    leaves no file behind. Any failure raises DataError naming the URL. Returns the paths of all
+    requested files.
     """
-    dest = Path(dest)
     table = BLOB_SHA1 if expected is None else expected
-    files = list(table) if files is None else files
     paths = []
-    for task, split in files:
+    for task, split in list(table) if files is None else files:
         url = base_url.format(commit=commit, task=task, split=split)
         if (task, split) not in table:
             raise DataError(f"{url}: no expected SHA-1 for ({task!r}, {split!r}); refusing an unverified file")
         want = table[(task, split)]
-        path = dest / task / f"{split}.json"
+        path = Path(dest) / task / f"{split}.json"
         paths.append(path)
         if path.exists():
             have = git_blob_sha1(path.read_bytes())
             if have == want:
                 continue
-            warnings.warn(f"{path}: SHA-1 {have} is not the official {want}; downloading it again",
-                          stacklevel=2)
+            warnings.warn(f"{path}: SHA-1 {have} is not the official {want}; downloading it again", stacklevel=2)
         data = _fetch(url, timeout)
         got = git_blob_sha1(data)
         if got != want:
@@ -206,20 +180,15 @@ def _fetch(url: str, timeout: float) -> bytes:
         raise DataError(f"{url}: download failed: {getattr(e, 'reason', e)}") from e
 
 
-# -----------------------------------------------------------------------------
-# reading one file
-
-
 def read_split(path: Path, on_invalid: str = "filter") -> tuple[list[dict], dict]:
     """Read one release file into records, checking structure and content.
 
     Returns (records, report). Each record is {"prompt": query, "chosen", "rejected", "index"},
     index being its position in the file; records stay in file order.
 
-    Structural problems are always a DataError naming the file (and the record index and key):
-    missing file, invalid UTF-8 or JSON (with the error position), top level not an array, a record
-    not an object, a missing "query"/"chosen"/"rejected", a value that is not a string. Extra keys
-    are ignored.
+    Structural problems (a missing file, invalid UTF-8 or JSON, anything but an array of objects with
+    string "query", "chosen" and "rejected"; extra keys are ignored) are always a DataError naming
+    the file and, where it applies, the record index and key.
 
     Content problems, checked in this order and counted under the first that applies:
     "empty_chosen" / "empty_rejected" (empty or whitespace-only), "chosen_equals_rejected" (equal
@@ -253,37 +222,22 @@ def read_split(path: Path, on_invalid: str = "filter") -> tuple[list[dict], dict
                 raise DataError(f"{path}: record {i}: missing key {key!r}")
             if not isinstance(row[key], str):
                 raise DataError(f"{path}: record {i}: key {key!r} must be a string, got {type(row[key]).__name__}")
-        reason = _content_problem(row["chosen"], row["rejected"])
-        if reason is not None:
-            if on_invalid == "error":
-                raise DataError(f"{path}: record {i}: {reason} (on_invalid='error')")
+        chosen, rejected = row["chosen"].strip(), row["rejected"].strip()
+        reason = ("empty_chosen" if not chosen else "empty_rejected" if not rejected
+                  else "chosen_equals_rejected" if chosen == rejected else None)
+        if reason is None:
+            records.append({"prompt": row["query"], "chosen": row["chosen"], "rejected": row["rejected"], "index": i})
+        elif on_invalid == "error":
+            raise DataError(f"{path}: record {i}: {reason} (on_invalid='error')")
+        else:
             filtered_indices[reason].append(i)
-            continue
-        records.append({"prompt": row["query"], "chosen": row["chosen"], "rejected": row["rejected"], "index": i})
-
-    report = {
+    return records, {
         "file": str(path),
         "records": len(rows),
         "kept": len(records),
-        "filtered": {reason: len(idx) for reason, idx in filtered_indices.items()},
+        "filtered": {reason: len(indices) for reason, indices in filtered_indices.items()},
         "filtered_indices": filtered_indices,
     }
-    return records, report
-
-
-def _content_problem(chosen: str, rejected: str) -> str | None:
-    """The first FILTER_REASONS entry that applies to this pair, or None if it is usable."""
-    if not chosen.strip():
-        return "empty_chosen"
-    if not rejected.strip():
-        return "empty_rejected"
-    if chosen.strip() == rejected.strip():
-        return "chosen_equals_rejected"
-    return None
-
-
-# -----------------------------------------------------------------------------
-# loading a task
 
 
 @dataclass
@@ -294,11 +248,8 @@ class TaskData:
     report: dict = field(default_factory=dict)
 
 
-def _prompt_key(record: dict) -> str:
-    return hashlib.sha1(record["prompt"].encode("utf-8")).hexdigest()
-
-
-def split_by_prompt(records: list[dict], test_fraction: float = DERIVED_TEST_FRACTION) -> tuple[list[dict], list[dict]]:
+def split_by_prompt(records: list[dict],
+                    test_fraction: float = DERIVED_TEST_FRACTION) -> tuple[list[dict], list[dict]]:
     """Deterministic (train, test) split of one file's records, grouped by prompt.
 
     Records are sorted by (sha1 of the prompt text, index); the first max(1, int(n * test_fraction))
@@ -307,44 +258,33 @@ def split_by_prompt(records: list[dict], test_fraction: float = DERIVED_TEST_FRA
     """
     if not records:
         return [], []
-    ranked = sorted(records, key=lambda r: (_prompt_key(r), r["index"]))
+    ranked = sorted(records, key=lambda r: (hashlib.sha1(r["prompt"].encode("utf-8")).hexdigest(), r["index"]))
     cut = max(1, int(len(ranked) * test_fraction))
     while cut < len(ranked) and ranked[cut]["prompt"] == ranked[cut - 1]["prompt"]:
         cut += 1
-    by_index = lambda r: r["index"]  # noqa: E731
-    return sorted(ranked[cut:], key=by_index), sorted(ranked[:cut], key=by_index)
+    return sorted(ranked[cut:], key=itemgetter("index")), sorted(ranked[:cut], key=itemgetter("index"))
 
 
-def _subsample(records: list[dict], n: int | None, seed: int, name: str, split: str) -> tuple[list[dict], str | None]:
-    """n records drawn with random.Random(f"{seed}:{name}:{split}"), kept in file order; all if n is None or too big."""
-    if n is None:
+def _subsample(records: list[dict], n: int | None, seed: int, name: str, split: str) -> tuple[list, str | None]:
+    """n records drawn with random.Random(f"{seed}:{name}:{split}"), kept in file order, and a note
+    when fewer were available; all records if n is None or too big."""
+    if n is None or n == len(records):
         return records, None
     if n < 0:
         raise ValueError(f"n_{split} must be >= 0 or None, got {n}")
-    if n >= len(records):
-        note = None if n == len(records) else f"{split}: asked for {n} records, only {len(records)} available; using all"
-        return records, note
+    if n > len(records):
+        return records, f"{split}: asked for {n} records, only {len(records)} available; using all"
     picked = sorted(random.Random(f"{seed}:{name}:{split}").sample(range(len(records)), n))
     return [records[i] for i in picked], None
 
 
-def load_task(
-    name: str,
-    data_dir: Path,
-    n_train: int | None = None,
-    n_test: int | None = None,
-    seed: int = 0,
-    on_invalid: str = "filter",
-) -> TaskData:
+def load_task(name: str, data_dir: Path, n_train: int | None = None, n_test: int | None = None, seed: int = 0,
+              on_invalid: str = "filter") -> TaskData:
     """Load one task's train and test records (see `read_split` for checks and record format).
 
     name: a task name or its short name. A task without data_dir/<task>/test.json raises
-    TaskUnavailable; an unknown name raises DataError.
-
-    No train.json (HC3 in the release): test.json is split deterministically by `split_by_prompt`:
-    its (filtered) records sorted by the SHA-1 of their prompt text, the first 20% (at least 1,
-    extended to the end of a run of equal prompts) become test, the rest train, so no prompt is in
-    both halves. report["notes"] says so.
+    TaskUnavailable; an unknown name raises DataError. Without train.json (HC3 in the release),
+    train and test are `split_by_prompt` of the filtered test.json, said in report["notes"].
 
     n_train / n_test: deterministic subsample of the filtered records with
     random.Random(f"{seed}:{name}:{split}").sample, kept in file order; None = all; more than
@@ -356,8 +296,7 @@ def load_task(
               (after subsampling)}. When split from test.json, both carry that file's counts.
     """
     name = task_name(name)
-    folder = Path(data_dir) / name
-    train_path, test_path = folder / "train.json", folder / "test.json"
+    train_path, test_path = Path(data_dir) / name / "train.json", Path(data_dir) / name / "test.json"
     if not test_path.is_file():
         raise TaskUnavailable(f"{test_path}: file not found; task {name!r} has no data in {data_dir}")
 
@@ -377,8 +316,10 @@ def load_task(
         overlap = {r["prompt"] for r in train} & {r["prompt"] for r in test}
         if overlap:
             notes.append(f"{len(overlap)} test prompt(s) also occur in train (as released; not removed)")
-    notes += [_filter_note(rep) for rep in ([test_report] if derived else [train_report, test_report])
-              if sum(rep["filtered"].values())]
+    for rep in [test_report] if derived else [train_report, test_report]:
+        if sum(rep["filtered"].values()):
+            counts = ", ".join(f"{k} {v}" for k, v in rep["filtered"].items() if v)
+            notes.append(f"{rep['file']}: {sum(rep['filtered'].values())} record(s) filtered out ({counts})")
 
     report = {"task": name, "notes": notes}
     picked = {}
@@ -390,29 +331,16 @@ def load_task(
     return TaskData(name=name, train=picked["train"], test=picked["test"], report=report)
 
 
-def _filter_note(rep: dict) -> str:
-    """What `read_split` filtered out of one file, for a task's notes."""
-    counts = ", ".join(f"{k} {v}" for k, v in rep["filtered"].items() if v)
-    return f"{rep['file']}: {sum(rep['filtered'].values())} record(s) filtered out ({counts})"
-
-
-# -----------------------------------------------------------------------------
-# orders
-
-
 def resolve_order(order: str | list[str], data_dir: Path) -> tuple[list[str], list[dict]]:
     """The tasks of an order that have data, in order, and the dropped ones with a reason.
 
-    order: a key of ORDERS or a list of task names (short names accepted). Unknown names raise
+    order: a key of ORDERS or a list of task names (short names accepted); unknown names raise
     DataError naming the allowed values. Each task without data_dir/<task>/test.json is dropped
     with a warning. Returns (names, dropped), dropped = [{"task": name, "reason": str}].
     """
-    if isinstance(order, str):
-        if order not in ORDERS:
-            raise DataError(f"unknown order {order!r}; allowed: {', '.join(ORDERS)} or a list of task names")
-        names = ORDERS[order]
-    else:
-        names = [task_name(n) for n in order]
+    if isinstance(order, str) and order not in ORDERS:
+        raise DataError(f"unknown order {order!r}; allowed: {', '.join(ORDERS)} or a list of task names")
+    names = ORDERS[order] if isinstance(order, str) else [task_name(n) for n in order]
     kept, dropped = [], []
     for name in names:
         test_path = Path(data_dir) / name / "test.json"
@@ -423,4 +351,3 @@ def resolve_order(order: str | list[str], data_dir: Path) -> tuple[list[str], li
         dropped.append({"task": name, "reason": reason})
         warnings.warn(f"dropping task {name!r} from the order: {reason}", stacklevel=2)
     return kept, dropped
-

@@ -16,9 +16,6 @@ from typing import Sequence
 
 from .data import task_name
 
-# -----------------------------------------------------------------------------
-# rubrics, one per task
-
 # Shared by every rubric: the output format parse_score relies on, and a guard against prompt
 # injection (the prompt and the response are data written by others, possibly adversarial).
 _COMMON = """
@@ -147,14 +144,6 @@ plausible fabrication.
 """ + _COMMON,
 }
 
-def _false_answer_list(false_answers: str | Sequence[str] | None) -> list[str]:
-    """The false answers as a list. A string is the release's "; "-joined TruthfulQA format."""
-    if false_answers is None:
-        return []
-    if isinstance(false_answers, str):
-        false_answers = false_answers.split("; ")
-    return [a.strip() for a in false_answers if a and a.strip()]
-
 
 def build_messages(task: str, prompt: str, response: str, reference: str | None,
                    false_answers: str | Sequence[str] | None = None) -> list[dict]:
@@ -162,20 +151,20 @@ def build_messages(task: str, prompt: str, response: str, reference: str | None,
 
     The user message carries the whole prompt (every turn of a multi-turn transcript), the
     reference answer, for TruthfulQA the known false answers (a list, or the release's "; "-joined
-    string), and the response. Each part sits under its own heading so that the judge cannot mix
-    them up.
+    string), and the response, each under its own heading so that the judge cannot mix them up.
     """
     name = task_name(task)
+    if isinstance(false_answers, str):
+        false_answers = false_answers.split("; ")
+    falses = [a.strip() for a in false_answers or [] if a and a.strip()]
     parts = [
         "## Prompt (the full conversation; the response answers its last human message)",
         (prompt or "").strip() or "(empty)",
         "## Reference answer",
         (reference or "").strip() or "(none given)",
     ]
-    falses = _false_answer_list(false_answers)
     if name == "TruthfulQA" or falses:
-        parts += ["## Known FALSE answers (misconceptions)",
-                  "\n".join(f"- {a}" for a in falses) or "(none given)"]
+        parts += ["## Known FALSE answers (misconceptions)", "\n".join(f"- {a}" for a in falses) or "(none given)"]
     parts += [
         "## Response to evaluate",
         (response or "").strip() or "(empty response)",
@@ -187,13 +176,9 @@ def build_messages(task: str, prompt: str, response: str, reference: str | None,
             {"role": "user", "content": "\n\n".join(parts)}]
 
 
-# -----------------------------------------------------------------------------
-# reading the score
-
-
 # A number, with an optional range end ("7-8", "7 to 8": no single score, rejected) and an optional
-# denominator ("/10", "out of 10"; another scale such as "/5" is rejected).
-# Both stay on the number's line: "Score: 8" followed by a list item "- 3 issues" is not a range.
+# denominator ("/10", "out of 10"; another scale such as "/5" is rejected), both on the number's
+# line: "Score: 8" followed by a list item "- 3 issues" is not a range.
 _VALUE = (r"(?P<number>-?\d+(?:\.\d+)?)"
           r"(?P<range>[ \t]*(?:-|\u2013|to\b)[ \t]*\d+(?:\.\d+)?)?"
           r"(?:[ \t]*(?:/|out[ \t]+of\b)[ \t]*(?P<denominator>\d+(?:\.\d+)?))?")
@@ -207,15 +192,12 @@ _BARE_RE = re.compile(r"^" + _DECOR + _VALUE + r"[\s*_`\]\).]*$")
 
 
 def _checked(match: re.Match) -> int | None:
-    """The score if it is an integer in 1..10 on a 10-point scale, else None (never guess)."""
-    if match["range"]:
-        return None  # "7-8": the judge did not commit to one score
-    if match["denominator"] is not None and float(match["denominator"]) != 10:
-        return None  # "4/5" is another scale; rescaling it would be a guess
+    """The score if it is an integer in 1..10 on a 10-point scale, else None (never guess): not
+    for a range ("7-8"), another scale ("4/5") or a value such as "7.5", "0" or "11"."""
+    if match["range"] or match["denominator"] is not None and float(match["denominator"]) != 10:
+        return None
     value = float(match["number"])
-    if value != int(value) or not 1 <= value <= 10:
-        return None  # "7.5", "0", "11", "-1": not what the rubric asked for
-    return int(value)
+    return int(value) if value == int(value) and 1 <= value <= 10 else None
 
 
 def parse_score(text: str | None) -> int | None:
@@ -232,8 +214,6 @@ def parse_score(text: str | None) -> int | None:
         matches = list(pattern.finditer(text))
         if matches:
             return _checked(matches[-1])
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    match = _BARE_RE.match(lines[-1]) if lines else None
-    if match:
-        return _checked(match)
-    return None
+    lines = text.strip().splitlines()
+    match = _BARE_RE.match(lines[-1].strip()) if lines else None
+    return _checked(match) if match else None

