@@ -130,6 +130,15 @@ def default_data_dir() -> Path | None:
     return None
 
 
+def data_dir(given=None) -> Path:
+    """`given`, else `default_data_dir()`; a DataError saying how to get one when there is neither."""
+    path = Path(given) if given else default_data_dir()
+    if path is None:
+        raise DataError(f"no data directory: set data.dir, or ${DATA_DIR_ENV}, to a folder in the release format "
+                        "(see README), or run `make data`")
+    return path
+
+
 def git_blob_sha1(data: bytes) -> str:
     """SHA-1 of `data` as git stores it as a blob (what `git hash-object` prints)."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()

@@ -84,12 +84,7 @@ class ContinualLoop:
     # ---------------------------------------------------------------- set-up
     def setup(self):
         cfg = self.cfg
-        data_dir = Path(cfg.data.dir) if cfg.data.dir else data_mod.default_data_dir()
-        if data_dir is None:
-            raise data_mod.DataError(
-                "no data directory: set data.dir, or LIFEALIGN_DATA_DIR, to a folder in the release format "
-                "(see README), or run `make data`")
-        self.data_dir = data_dir
+        self.data_dir = data_dir = data_mod.data_dir(cfg.data.dir)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             self.order, self.dropped = data_mod.resolve_order(cfg.data.order, data_dir)

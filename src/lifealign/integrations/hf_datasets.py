@@ -59,10 +59,7 @@ def load_task_datasets(name, data_dir: Path | None = None, n_train=None, n_test=
     tokenisation (`tokenized` rows for `FPOTrainer`): prompts keep their last max_prompt_length
     tokens, where a multi-turn transcript holds its request, and every pair fits max_length.
     """
-    data_dir = data_dir or data_mod.default_data_dir()
-    if data_dir is None:
-        raise data_mod.DataError(f"no data directory: set ${data_mod.DATA_DIR_ENV} to the release folder, "
-                                 "or run `make data`")
+    data_dir = data_mod.data_dir(data_dir)
     task = data_mod.load_task(name, data_dir, n_train, n_test, seed, on_invalid)
     if tokenizer is not None:
         for records in (task.train, task.test):
