@@ -51,6 +51,8 @@ class Plugin:
     # A plugin that rewrites the model's inputs (L2P prepends prompts) needs one plain sequence per
     # response; the others let a pair's two sequences share one row with the prompt computed once.
     rewrites_inputs = False
+    # The attributes `state_dict` saves after every task and `load_state_dict` puts back on a restart.
+    state_keys = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -83,10 +85,12 @@ class Plugin:
         pass
 
     def state_dict(self):
-        return {}
+        return {key: getattr(self, key) for key in self.state_keys}
 
     def load_state_dict(self, state):
-        pass
+        if state:
+            for key in self.state_keys:
+                setattr(self, key, state[key])
 
     def on_restore(self, loop):
         """After load_state_dict on a restart, before the LoRA weights are loaded."""
@@ -130,11 +134,8 @@ class Strategy:
 
     def make_optimizer(self, loop, stage, params, stage_cfg):
         """The first plugin's optimizer, or None for the loop's AdamW."""
-        for p in self.plugins:
-            optimizer = p.make_optimizer(loop, stage, params, stage_cfg)
-            if optimizer is not None:
-                return optimizer
-        return None
+        optimizers = (p.make_optimizer(loop, stage, params, stage_cfg) for p in self.plugins)
+        return next((o for o in optimizers if o is not None), None)
 
     def on_stage_end(self, loop, stage):
         """{plugin name: report} of the plugins that report on the stage."""

@@ -14,6 +14,8 @@ def rows_joining(n_rows, fraction, cap, buffered):
     """How many of a task's `n_rows` (the first ones, in file order) join a buffer that holds
     `buffered` rows: `fraction` of them, as far as the cap leaves room."""
     return min(int(n_rows * fraction), max(cap - buffered, 0))
+
+
 class ReplayOptions(Options):
     replay_fraction: Float = Field(0.2, ge=0, le=1)  # the share of each task's rows that joins the buffer
     replay_cap: int = Field(3000, ge=0)              # rows per buffer
@@ -25,6 +27,7 @@ DEFAULTS = ReplayOptions()
 class Replay(Plugin):
     name = "replay"
     options = ReplayOptions
+    state_keys = ("buffers",)
 
     def __init__(self, fraction=DEFAULTS.replay_fraction, cap=DEFAULTS.replay_cap):
         self.fraction = fraction
@@ -36,13 +39,6 @@ class Replay(Plugin):
         training_set = list(records) + list(buffer)
         buffer.extend(records[: rows_joining(len(records), self.fraction, self.cap, len(buffer))])
         return training_set
-
-    def state_dict(self):
-        return {"buffers": self.buffers}
-
-    def load_state_dict(self, state):
-        if state:
-            self.buffers = state["buffers"]
 
     def state_nbytes(self):
         return sum(records_nbytes(buffer) for buffer in self.buffers.values())
