@@ -16,61 +16,58 @@ Category -> (alpha, beta), lb = 0.5, ub = 2 by default (`method.cppo_lb`, `metho
     noisy              r - mu_r < -k sd_r     p - mu_p < -k sd_p      lb      lb   trust it less on both terms
     normal             otherwise                                      1       1
 
-Source: the CPPO paper's heuristic weighting rule (Zhang et al. 2024: a sample with
-high reward but low generation probability, or high generation probability but low reward, gets a
-high policy-learning weight and a low knowledge-retention weight) and the LifeAlign authors' CPPO
-code (`DPOwithCPPO.compute_sample_weights` in github.com/real-ljs/LifeAlign), which sets exactly
-these five rows.
+Source: the CPPO paper's heuristic rule (a sample with high reward but low generation probability,
+or high generation probability but low reward, gets a high policy-learning weight and a low
+knowledge-retention weight) and the LifeAlign authors' CPPO code (`DPOwithCPPO.compute_sample_weights`
+in github.com/real-ljs/LifeAlign), which sets exactly these five rows.
 
-- The "sample" is a preference pair. Its reward is the DPO implicit margin
-  r = beta_dpo * [(log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))], detached.
-- Its generation probability is the policy's length-normalised log-probability of the chosen
-  response, log pi(y_w|x) / |y_w| (mean log-prob per response token), detached. Chosen, because
-  y_w is the response the policy learns to generate (CPPO's P is the probability of the sample the
-  policy is trained on); length-normalised, because summed log-probs mostly measure length.
+- The "sample" is a preference pair. Its reward is the detached DPO implicit margin
+  r = beta_dpo * [(log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))].
+- Its generation probability is the policy's detached log-probability of the chosen response per
+  response token, log pi(y_w|x) / |y_w|: chosen, because y_w is the response the policy learns to
+  generate (CPPO's P is the probability of the sample trained on); per token, because summed
+  log-probs mostly measure length.
 - mu and sd are RUNNING statistics of the preference stage: the mean and population standard
   deviation of r and of p over every pair the stage has scored so far, this micro-batch included,
-  pooled across ranks (`RunningMoments`; a float64 all-reduce of count, sum and sum of squares per
-  micro-batch under DDP, so every rank uses the same statistics). They restart with each preference
-  stage. CPPO takes them over its rollout batch (hundreds of samples); one micro-batch here has
-  2-8 pairs, whose mean and std decide little (with 2 pairs both sit exactly at mu +- sd, and the
-  strict inequalities are then decided by float rounding). The effective batch (all micro-batches of
-  an optimizer step) would need an extra forward pass over the whole step before the first
-  micro-batch's loss is back-propagated; the running statistics need none and pool more pairs from
-  the second step on. What they give up: they mix in pairs scored by the policy earlier in the same
-  stage. The inequalities are strict, so pairs whose values all equal the mean are "normal".
-  While the stage has seen fewer than MIN_PAIRS = 3 pairs there is no usable spread: every weight
-  is 1 and a warning is emitted (once per stage). Runs resume at task boundaries, where no stage is
-  under way, so the statistics need no saving for an exact resume.
-- Retention term per pair: c * ((log pi(y_w) - log pi_old(y_w))^2
-  + (log pi(y_l) - log pi_old(y_l))^2), c = method.cppo_retention (0.1), summed response log-probs
-  as everywhere in this project; the DPO beta is not part of c.
+  pooled across ranks (`RunningMoments`: under DDP a float64 all-reduce of count, sum and sum of
+  squares per micro-batch, so every rank uses the same statistics). They restart with each
+  preference stage. CPPO takes them over its rollout batch (hundreds of samples); a micro-batch here
+  has 2-8 pairs, whose mean and std decide little (with 2 pairs both sit exactly at mu +- sd, and the
+  strict inequalities are decided by float rounding). The effective batch (all micro-batches of an
+  optimizer step) would need an extra forward pass over the step before the first micro-batch's
+  backward; the running statistics need none and pool more pairs from the second step on, at the
+  price of mixing in pairs scored by the policy earlier in the stage. The inequalities are strict,
+  so pairs whose values all equal the mean are "normal". While the stage has seen fewer than
+  MIN_PAIRS = 3 pairs there is no usable spread: every weight is 1, with a warning once per stage.
+  Runs resume at task boundaries, where no stage is under way, so the statistics need no saving.
+- Retention term per pair: c * ((log pi(y_w) - log pi_old(y_w))^2 + (log pi(y_l) - log pi_old(y_l))^2),
+  c = `method.cppo_retention` (0.1), summed response log-probs as everywhere in this project; the DPO
+  beta is not part of c.
 
 Loss of a preference step: mean_i(alpha_i * L_i) + mean_i(beta_i * retention_i), L_i the per-pair
-DPO (or FPO, method.loss) loss. The runner already adds mean_i(L_i), so `extra_loss` returns
+DPO (or FPO, `method.loss`) loss. The runner already adds mean_i(L_i), so `extra_loss` returns
     mean_i((alpha_i - 1) * L_i) + mean_i(beta_i * retention_i),
 and  mean(L) + mean((alpha - 1) L) = mean(alpha L)  makes the total exactly the CPPO loss.
 
-pi_old is the policy at the end of the previous task (for the first task the initial policy, i.e.
-the base model, since LoRA starts as a no-op). The LoRA matrices are snapshotted when a task
-starts; when its preference stage starts, every training pair of the stage (replayed ones too)
-is scored with those weights swapped in (then the current weights are put back), and
-rec["old"] = (chosen, rejected) feeds batch["old_chosen_logps"/"old_rejected_logps"]. Snapshotting
-at task start, not scoring the current policy at the preference stage start, matters because the
-SFT stage of the same task has already moved the policy by then. On a resume the snapshot is
-taken from the restored adapter, so no extra state is saved.
+pi_old is the policy at the end of the previous task (for the first task the base model, since LoRA
+starts as a no-op). The LoRA matrices are snapshotted when a task starts; when its preference stage
+starts, every training pair of the stage (replayed ones too) is scored with those weights swapped in
+(then the current ones are put back), and rec["old"] = (chosen, rejected) feeds
+batch["old_chosen_logps"/"old_rejected_logps"]. Snapshotting at task start matters: by the
+preference stage start the task's SFT stage has already moved the policy. On a resume the snapshot
+is taken from the restored adapter, so no extra state is saved.
 
-The SFT stage is plain SFT (CPPO is a method for the RL stage). Replay is off by default
-(method.replay=true adds it).
+The SFT stage is plain SFT (CPPO is a method for the RL stage). No replay by default
+(`method.replay=true` adds it).
 
 Differences from the CPPO paper: it is PPO with rollouts, a reward model and a critic; here the
 policy term is the DPO/FPO pair loss on fixed preference pairs, "reward" is the implicit DPO margin,
 pi_old is scored once per task rather than kept as a second model, and only the heuristic weights
 (not the learnable-weights variant) are implemented. Differences from the LifeAlign authors' CPPO
 code: it takes mu and sd over each micro-batch (unbiased std, non-strict inequalities), uses the
-summed (not length-normalised) chosen log-prob, and snapshots pi_old once, when its DPO trainer
-first trains (after the first task's SFT stage), keeping it for every later task (the snapshot is
-taken only while none exists); it also scores pi_old with a forward pass every step.
+summed (not per-token) chosen log-prob, and snapshots pi_old once, when its DPO trainer first trains
+(after the first task's SFT stage), keeping it for every later task; it also scores pi_old with a
+forward pass every step.
 """
 import time
 import warnings
@@ -85,8 +82,6 @@ from .base import Plugin, Strategy
 
 CATEGORIES = ("normal", "high_performance", "overfitting", "high_variance", "noisy")
 NORMAL, HIGH_PERFORMANCE, OVERFITTING, HIGH_VARIANCE, NOISY = range(5)
-
-
 MIN_PAIRS = 3  # fewer pairs have no usable spread: with 2, both sit exactly at mean +- std
 
 
@@ -128,8 +123,7 @@ def cppo_weights(reward, logp, k=DEFAULTS.cppo_k, lb=DEFAULTS.cppo_lb, ub=DEFAUL
     """(alpha, beta, categories) per sample, against `stats` (see cppo_categories)."""
     cat = cppo_categories(reward, logp, k, stats)
     table = weight_table(lb, ub)
-    alpha = torch.tensor([table[c][0] for c in range(len(CATEGORIES))], device=cat.device)[cat]
-    beta = torch.tensor([table[c][1] for c in range(len(CATEGORIES))], device=cat.device)[cat]
+    alpha, beta = torch.tensor([table[c] for c in range(len(CATEGORIES))], device=cat.device)[cat].unbind(1)
     return alpha, beta, cat
 
 
@@ -170,7 +164,6 @@ class CPPOPlugin(Plugin):
         self._stats = None
         self.moments = RunningMoments()
 
-    # ------------------------------------------------------------ pi_old
     def on_task_start(self, loop, task):
         # The policy at the end of the previous task (the initial one for the first task).
         self._snapshot = {n: p.detach().clone() for n, p in lora_parameters(loop.model).items()}
@@ -203,7 +196,6 @@ class CPPOPlugin(Plugin):
         self._snapshot = None  # only needed until pi_old is scored
         self._stats["old_scoring_s"] = time.perf_counter() - t0
 
-    # ------------------------------------------------------------ loss
     def extra_loss(self, loop, stage, model, batch, outputs):
         if stage != "pref":
             return None
@@ -218,7 +210,7 @@ class CPPOPlugin(Plugin):
                               "no usable spread, so their weights fall back to 1", stacklevel=2)
                 self._warned = True
             alpha = beta = torch.ones_like(per_pair)
-            cat = None
+            cat = torch.full(reward.shape, NORMAL, dtype=torch.long)
         else:
             alpha, beta, cat = cppo_weights(reward, logp, self.k, self.lb, self.ub, self.moments.stats())
             alpha, beta = alpha.to(per_pair.dtype), beta.to(per_pair.dtype)
@@ -226,11 +218,8 @@ class CPPOPlugin(Plugin):
         old_r = batch["old_rejected_logps"].to(rejected.device, rejected.dtype)
         retention = self.retention * ((chosen - old_c) ** 2 + (rejected - old_r) ** 2)
         if self._stats is not None:
-            if cat is None:
-                self._stats["counts"][NORMAL] += reward.numel()
-            else:
-                for c in range(len(CATEGORIES)):
-                    self._stats["counts"][c] += int((cat == c).sum())
+            for c, n in enumerate(torch.bincount(cat, minlength=len(CATEGORIES)).tolist()):
+                self._stats["counts"][c] += n
             self._stats["retention"] += float(retention.detach().mean())
             self._stats["steps"] += 1
         return ((alpha - 1) * per_pair).mean() + (beta * retention).mean()

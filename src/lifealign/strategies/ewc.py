@@ -1,60 +1,56 @@
 """EWC baseline: online elastic weight consolidation on the LoRA parameters.
 
-Method. Kirkpatrick et al. 2017, "Overcoming catastrophic forgetting in neural networks" (PNAS),
-in the online form of Schwarz et al. 2018, "Progress & Compress" (ICML): one running diagonal
-Fisher F and one anchor theta*, and every training step's loss gets
+Method. Kirkpatrick et al. 2017, "Overcoming catastrophic forgetting in neural networks" (PNAS), in
+the online form of Schwarz et al. 2018, "Progress & Compress" (ICML): one running diagonal Fisher F
+and one anchor theta*; every training step's loss gets
 
     L_total = L_stage + (lambda / 2) * sum_i F_i (theta_i - theta*_i)^2
 
-over the trainable parameters (the LoRA matrices; the base model is frozen, so it needs no penalty).
+over the trainable parameters (the LoRA matrices; the frozen base model needs no penalty).
 
 Our choices.
 - When to consolidate (`method.ewc_scope`):
   - "task" (default): once per task, at its end, as EWC is defined (protect what earlier TASKS
-    learned). F <- gamma * F + (F_sft + F_pref), each stage's Fisher computed at the task's end
-    with that stage's own loss and records, and theta* <- the parameters at the task's end. Both
-    stages of task t train against the anchor and Fisher of tasks 1..t-1; task t's preference stage
-    is free to move away from task t's own SFT solution.
-  - "stage": after every stage, SFT and preference alike, as the authors' code does:
-    F <- gamma * F + F_stage, theta* <- the parameters at the end of that stage. The preference
-    stage of task t is then anchored at the end of task t's SFT stage, whose Fisher is already in
-    F: a pull towards the same task's SFT solution that EWC itself does not have.
+    learned): F <- gamma * F + (F_sft + F_pref), each stage's Fisher computed at the task's end with
+    that stage's own loss and records, and theta* <- the parameters at the task's end. Both stages of
+    task t train against the Fisher and anchor of tasks 1..t-1; task t's preference stage is free to
+    move away from task t's own SFT solution.
+  - "stage": after every stage, as the authors' code does: F <- gamma * F + F_stage, theta* <- the
+    parameters at the end of that stage. Task t's preference stage is then anchored at the end of
+    its own SFT stage, whose Fisher is already in F: a pull towards the same task's SFT solution
+    that EWC itself does not have.
   gamma = 1 (`method.ewc_gamma`) sums the Fisher of all earlier consolidations: online EWC
-  accumulates, it does not replace F (a correction of the released baseline). With
-  gamma = 1 the update of Schwarz et al. (penalty weighted by gamma*F) and ours coincide. The first
-  task trains without a penalty (F is still empty; with "stage", only its first stage).
+  accumulates, it does not replace F. With gamma = 1 the update of Schwarz et al. (penalty weighted
+  by gamma*F) and ours coincide. The first task trains without a penalty (F is still empty; with
+  "stage", only its first stage).
 - A stage's Fisher is the diagonal EMPIRICAL Fisher of the stage's own loss (SFT: the mean
-  response-token NLL; preference: the DPO/FPO per-pair loss against the base model) on the stage's
-  training records (`loop.stage_records`, so replayed rows too when replay is on): the mean over
-  examples of the squared per-example gradient, each example a batch of one (exact per-example
-  gradients, no batching approximation). At most `method.ewc_fisher_samples` examples per stage
-  (default 64), a seeded random subset of the stage's records (seed, task index and stage fix it,
-  so reruns and resumed runs draw the same ones). The model is in eval mode for this pass (no
-  dropout noise; the LoRA dropout is 0 by default anyway) and runs under the run's precision
-  (`loop.autocast()`); F is kept in fp32.
-- lambda (`method.ewc_lambda`, default 1e4). Why that scale: with a mean-over-examples loss,
-  (1/2) sum F (theta - theta*)^2 is the second-order (Laplace) estimate of how much an earlier
-  stage's MEAN loss rose, so lambda = 1 would be the "Bayesian" weight; in practice it is far too
-  weak because the empirical Fisher of LoRA coordinates is tiny. Measured on SmolLM2-135M with our
-  LoRA (r 8 on q/v, 0.46 M coordinates), 8 hh-rlhf pairs, adapter after one task of our CPU run:
-  F averages 3e-6 per coordinate for the SFT loss and 1.3e-5 for DPO, one task moves the LoRA
-  coordinates by ~1e-3 rms, so the penalty gradient after one task's drift is |F*delta| ~ 1e-5
-  (SFT) to 6e-5 (DPO), against a task gradient of norm 0.4-0.8 (then clipped at 1). lambda of
-  1.5e4-3.5e4 would make the two equal after one task; 1e4 puts the pull back at roughly a third to
-  a half of the task gradient after one task's drift, and it grows as F accumulates (two stage
-  Fishers per task with gamma = 1): strong enough to act, not so strong that the first task
-  freezes learning. Fisher scales differ with the model and data: sweep lambda (e.g. 1e3..1e5) for a
-  fair baseline.
-- No replay by default (`method.replay=true` adds it); the preference loss is the method's default
-  DPO and follows `method.loss`.
+  response-token NLL; preference: the DPO/FPO per-pair loss against the base model) on
+  `loop.stage_records` (replayed rows too when replay is on): the mean over examples of the squared
+  per-example gradient, each example a batch of one (exact, no batching approximation), over at most
+  `method.ewc_fisher_samples` (64) examples, a random subset seeded by seed, task index and stage (so
+  reruns and resumed runs draw the same). The model is in eval mode for this pass (no dropout noise;
+  LoRA dropout is 0 by default anyway) under the run's precision (`loop.autocast()`); F is fp32.
+- lambda (`method.ewc_lambda`, 1e4). With a mean-over-examples loss, (1/2) sum F (theta - theta*)^2
+  is the second-order (Laplace) estimate of how much an earlier stage's MEAN loss rose, so lambda = 1
+  would be the "Bayesian" weight; in practice it is far too weak because the empirical Fisher of LoRA
+  coordinates is tiny. Measured on SmolLM2-135M with our LoRA (r 8 on q/v, 0.46 M coordinates), 8
+  hh-rlhf pairs, adapter after one task of our CPU run: F averages 3e-6 per coordinate for the SFT
+  loss and 1.3e-5 for DPO; one task moves the LoRA coordinates by ~1e-3 rms, so the penalty gradient
+  after one task's drift is |F*delta| ~ 1e-5 (SFT) to 6e-5 (DPO), against a task gradient of norm
+  0.4-0.8 (then clipped at 1). lambda 1.5e4-3.5e4 would make the two equal after one task; 1e4 puts
+  the pull at roughly a third to a half of the task gradient after one task's drift, growing as F
+  accumulates (two stage Fishers per task with gamma = 1): strong enough to act, not so strong that
+  the first task freezes learning. Fisher scales differ with the model and data: sweep lambda (e.g.
+  1e3..1e5) for a fair baseline.
+- No replay by default (`method.replay=true` adds it); DPO unless `method.loss` says otherwise.
 
-State (saved in state.pt after each task, restored on resume): F and theta* (fp32, CPU) per
-parameter name, plus how many consolidations were made; `state_nbytes` reports both tensors. (Runs
-resume at task boundaries, where a "task" scope holds no pending stage.)
+State (state.pt after each task, restored on resume): F and theta* (fp32, CPU) per parameter name
+and the number of consolidations; `state_nbytes` reports both tensors. Runs resume at task
+boundaries, where a "task" scope holds no pending stage.
 
-Differences from the authors' released baseline: the released EWC replaced the Fisher at each
-stage instead of accumulating it; we accumulate (online EWC) as both papers define. It consolidated
-after every stage ("stage" scope here); the default here is once per task, as EWC defines.
+Differences from the authors' released baseline: it replaced the Fisher at each stage; we accumulate
+(online EWC) as both papers define. It consolidated after every stage ("stage" scope here); the
+default here is once per task, as EWC defines.
 """
 import random
 from typing import Literal
@@ -100,8 +96,7 @@ def ewc_penalty(params, fisher, anchor, lam):
 def empirical_fisher(model, params, examples, collate, stage_loss, autocast):
     """Diagonal empirical Fisher: mean over `examples` of the squared gradient of the per-example
     stage loss (each example a batch of one). Returns name -> fp32 tensor on the parameter's device."""
-    names = list(params)
-    tensors = [params[n] for n in names]
+    names, tensors = list(params), list(params.values())
     sums = {n: torch.zeros_like(params[n], dtype=torch.float32) for n in names}
     if not examples:
         return sums
@@ -143,7 +138,6 @@ class EWCPlugin(Plugin):
         self._pending = []         # "task" scope: (examples, collate, stage_loss) of the task's stages
         self._penalty = [0.0, 0]   # this stage's summed penalty (a detached tensor once added) and calls
 
-    # ------------------------------------------------------------ training
     def _on_device(self, device):
         if self._device_cache is None or self._device_cache[0] != device:
             self._device_cache = (device, {n: f.to(device) for n, f in self.fisher.items()},
@@ -214,7 +208,6 @@ class EWCPlugin(Plugin):
         self._pending = []
         self.consolidate(params, task_fisher)
 
-    # ------------------------------------------------------------ state
     def state_dict(self):
         return {"fisher": self.fisher, "anchor": self.anchor, "consolidations": self.consolidations}
 

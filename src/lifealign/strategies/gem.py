@@ -1,69 +1,60 @@
-"""GEM and A-GEM baselines: episodic gradient memories, projection before the step.
+"""GEM and A-GEM baselines: episodic gradient memories, the gradient projected before the step.
 
 Methods.
-- GEM: Lopez-Paz & Ranzato 2017, "Gradient Episodic Memory for Continual Learning" (NeurIPS).
-  Keep an episodic memory per earlier task. At every optimizer step compute one gradient per earlier
-  task on its memory, G = (g_1 .. g_{t-1}) (rows), and if the current gradient g conflicts with any
-  of them (G g < 0 somewhere), replace g by the closest g~ (in L2) with G g~ >= 0, found through the
-  dual QP of the paper:  min_v  1/2 v^T G G^T v + g^T G^T v   s.t. v >= margin,   g~ = G^T v + g.
+- GEM: Lopez-Paz & Ranzato 2017, "Gradient Episodic Memory for Continual Learning" (NeurIPS). At
+  every optimizer step, one gradient per earlier task on its memory, G = (g_1 .. g_{t-1}) (rows); if
+  the current gradient g conflicts with any of them (G g < 0 somewhere), g is replaced by the closest
+  g~ (in L2) with G g~ >= 0, through the paper's dual QP:
+  min_v  1/2 v^T G G^T v + g^T G^T v   s.t. v >= margin,   g~ = G^T v + g.
 - A-GEM: Chaudhry et al. 2019, "Efficient Lifelong Learning with A-GEM" (ICLR). One reference
   gradient g_ref on a random sample of all memories together; if g . g_ref < 0,
   g~ = g - (g . g_ref / g_ref . g_ref) g_ref (closed form), else g is kept.
 
 Our choices.
-- Memory: the FIRST `method.gem_memory_size` (default 16) training records of each task in file
-  order (the convention of our replay buffer; with `data.n_train` these are the first of the run's
-  subsample, which keeps file order; replayed rows never enter a memory), one memory per task AND
-  stage kind: while training the SFT stage the constraints are the SFT loss (mean response-token
-  NLL) on the earlier tasks' SFT memories, while training the preference stage the DPO/FPO loss
-  (the run's `loop.stage_loss`) on their preference memories (pairs with their base-model reference
-  log-probs). A task's memory joins
-  when its stage has finished, so task t is constrained by tasks 1..t-1 only (as in the paper).
-- When: `before_optimizer_step`, i.e. after backward, after the gradient has been synced across
-  ranks and clipped to `max_grad_norm`, and BEFORE `optimizer.step()`; the projected gradient is
-  written back into `.grad` in place, so the optimizer applies it. The current
-  gradient is saved, `.grad` is cleared, the memory losses are back-propagated (forward passes
-  under `loop.autocast()`, chunks of the stage batch size, each chunk weighted by its share of the
-  memory, so a chunked memory gradient is the gradient of the memory's mean of chunk losses; for
-  SFT that weights chunks by examples rather than by tokens, which is exact when the memory fits
-  in one chunk), read, and the saved gradient is restored: the step's own gradient is never
-  disturbed. The memory forward passes go through the unwrapped model, so under DDP they do not
-  trigger gradient all-reduces; every rank holds the same memories and draws the same A-GEM sample
-  (seeded by seed, task, stage and step), so every rank computes the same projection.
-- The projection acts on the concatenation of all trainable parameters (the LoRA matrices), in
-  fp32 (the QP in float64). The projected gradient may exceed the clip norm for GEM (A-GEM's
-  projection can only shrink it); it is not re-clipped, as in the papers.
-- GEM's QP is solved with `quadprog` (Goldfarb-Idnani), exactly as the authors' GEM code does:
-  P = G G^T + ridge, q = -G g, constraint v >= margin (`method.gem_margin`, default 0.5 as in the
-  GEM paper's experiments: a small bias towards positive backward transfer; 0 gives the plain
-  projection). The ridge is tiny and scale-free, 1e-8 * mean(diag G G^T), only to make P strictly
-  positive definite when memory gradients are (nearly) collinear (the authors used an absolute 1e-3,
-  which on LoRA-sized gradients would swamp G G^T).
+- Memory: the FIRST `method.gem_memory_size` (16) training records of each task in file order (as
+  the replay buffer; with `data.n_train`, the first of the run's subsample; replayed rows never enter
+  a memory), one memory per task AND stage kind: an SFT stage is constrained by the SFT loss (mean
+  response-token NLL) on the earlier tasks' SFT memories, a preference stage by the run's DPO/FPO
+  loss (`loop.stage_loss`) on their preference memories (pairs with their base-model reference
+  log-probs). A task's memory joins when its stage ends, so task t is constrained by tasks 1..t-1.
+- When: `before_optimizer_step`, after backward, the gradient's sync across ranks and its clipping to
+  `max_grad_norm`, BEFORE `optimizer.step()`; the projected gradient is written into `.grad` in
+  place, so the optimizer applies it. The step's gradient is saved, the memory losses are
+  back-propagated (under `loop.autocast()`, in chunks of the stage batch size, each weighted by its
+  share of the memory: for SFT that weights chunks by examples rather than tokens, exact when the
+  memory fits one chunk) and read, and the saved gradient is restored. The memory passes use the
+  unwrapped model, so under DDP they trigger no all-reduce; every rank holds the same memories and
+  draws the same A-GEM sample (seeded by seed, task, stage and step), so all compute the same
+  projection.
+- The projection acts on the concatenation of all trainable parameters (the LoRA matrices) in fp32,
+  the QP in float64. The projected gradient is not re-clipped, as in the papers (GEM's may exceed
+  the clip norm; A-GEM's projection can only shrink it).
+- GEM's QP is solved with `quadprog` (Goldfarb-Idnani), as the authors' GEM code does: P = G G^T +
+  ridge, q = -G g, v >= margin (`method.gem_margin`, 0.5 as in the GEM paper's experiments: a small
+  bias towards positive backward transfer; 0 gives the plain projection). The ridge, 1e-8 *
+  mean(diag G G^T), is scale-free and only makes P strictly positive definite when memory gradients
+  are (nearly) collinear (the authors' absolute 1e-3 would swamp G G^T at LoRA scale).
 - The optimizer is plain SGD (no momentum, no weight decay) by default, as in both papers: the step
-  is then -lr * g~, and g~ . g_k >= 0 means the step does not increase (to first order) the loss on
-  any memory. An adaptive optimizer rescales each coordinate by its own moment estimates, so the
-  step it takes from g~ may conflict with the memories again (and the moments carried across
-  tasks mix in earlier tasks' gradients). `method.projection_optimizer=adamw` gives the run's
-  AdamW at the stage learning rate instead. The SGD learning rate is `method.sgd_lr` for both
-  stages (chosen by the measurement in docs/baselines.md); the stage's schedule (warm-up, cosine)
-  still scales it. One SGD per stage kind for the whole run, like the runner's AdamW (stateless
-  without momentum, so nothing carries over between tasks).
-- A-GEM samples `method.agem_sample_size` (default 16) records uniformly without replacement from
-  all earlier memories of the stage kind, a fresh sample each step (as in the paper).
-- Replay is off by default (`method.replay=true` adds it); the preference loss is DPO and follows
-  `method.loss`.
+  -lr * g~ with g~ . g_k >= 0 does not increase (to first order) any memory's loss. An adaptive
+  optimizer rescales each coordinate, so its step from g~ may conflict with the memories again (and
+  moments carried across tasks mix in earlier tasks' gradients). `method.projection_optimizer=adamw`
+  gives the run's AdamW at the stage learning rate instead. SGD runs at `method.sgd_lr` in both
+  stages (measured in docs/baselines.md), scaled by the stage's schedule; one SGD per stage kind for
+  the whole run, like the runner's AdamW (stateless without momentum).
+- A-GEM samples `method.agem_sample_size` (16) records uniformly without replacement from all
+  earlier memories of the stage kind, afresh each step (as in the paper).
+- No replay by default (`method.replay=true` adds it); DPO unless `method.loss` says otherwise.
 
-Report per stage: steps, how many were projected (the constraint was violated), the earlier tasks
-in memory. State: the memories (records with token ids and reference log-probs), saved after each
+Report per stage: steps, how many were projected (the constraint was violated), the earlier tasks in
+memory. State: the memories (records with token ids and reference log-probs), saved after each
 task; `state_nbytes` counts their text and token ids like the replay buffer.
 
-Differences from the LifeAlign authors' released GEM (github.com/real-ljs/LifeAlign,
-CL_methods/GEM.py; the repository has no A-GEM): it projected in `on_optimizer_step`, i.e. after
-`optimizer.step()`, so the projection never changed the update; here it acts before the step. It
-kept no episodic memory: each earlier "task" (SFT and DPO stages pooled) is represented by a running
-average (0.9 / 0.1) of its own training gradients; it projected each parameter tensor separately,
-solved the QP with qpth (margin 0.1 by default, a ridge of 1.0 when P is not positive definite),
-and stepped with the trainer's AdamW.
+Differences from the LifeAlign authors' GEM (github.com/real-ljs/LifeAlign, CL_methods/GEM.py; the
+repository has no A-GEM): it projected in `on_optimizer_step`, after `optimizer.step()`, so the
+projection never changed the update; here it acts before the step. It kept no episodic memory: each
+earlier "task" (SFT and DPO stages pooled) was a running average (0.9 / 0.1) of its own training
+gradients; it projected each parameter tensor separately, solved the QP with qpth (margin 0.1 by
+default, a ridge of 1.0 when P is not positive definite), and stepped with the trainer's AdamW.
 """
 from typing import Literal
 
@@ -91,7 +82,6 @@ class GEMOptions(Options):  # GEM's and A-GEM's, described above
 DEFAULTS = GEMOptions()
 
 
-# ---------------------------------------------------------------- projections (pure functions)
 def agem_project(g, g_ref):
     """A-GEM: g if g . g_ref >= 0, else g minus its component along g_ref. Returns (g~, projected)."""
     dot = torch.dot(g.double(), g_ref.double())
@@ -108,10 +98,10 @@ def gem_project(g, G, margin=DEFAULTS.gem_margin, ridge=RIDGE):
     min 1/2 v^T (G G^T) v + (G g)^T v s.t. v >= margin. G: (t, p) rows of memory gradients."""
     import quadprog
 
-    dots = G.double() @ g.double()
+    Gd = G.double()
+    dots = Gd @ g.double()
     if not bool((dots < 0).any()):
         return g, False
-    Gd = G.double()
     P = (Gd @ Gd.T).cpu().numpy()
     P = 0.5 * (P + P.T)
     scale = float(np.mean(np.diag(P)))
@@ -126,7 +116,6 @@ def gem_project(g, G, margin=DEFAULTS.gem_margin, ridge=RIDGE):
     return (Gd.T @ v + g.double()).to(g.dtype), True
 
 
-# ---------------------------------------------------------------- gradients
 def flat_grad(params):
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
                       for p in params])
@@ -135,15 +124,11 @@ def flat_grad(params):
 def write_flat_grad(params, flat):
     """Write a flat gradient back into each parameter's .grad, in place where a .grad exists (keeps
     DDP bucket views intact)."""
-    offset = 0
-    for p in params:
-        n = p.numel()
-        value = flat[offset:offset + n].view_as(p)
+    for p, value in zip(params, flat.split([p.numel() for p in params])):
         if p.grad is None:
-            p.grad = value.to(p.dtype).clone()
+            p.grad = value.view_as(p).to(p.dtype).clone()
         else:
-            p.grad.copy_(value)
-        offset += n
+            p.grad.copy_(value.view_as(p))
 
 
 def memory_gradient(model, params, records, collate, stage_loss, autocast, chunk_size):
@@ -167,12 +152,11 @@ def memory_gradient(model, params, records, collate, stage_loss, autocast, chunk
             p.grad = s
 
 
-# ---------------------------------------------------------------- plugin
 class EpisodicMemory(Plugin):
     """Shared part of GEM and A-GEM: the per-task, per-stage memories and the hook plumbing."""
 
-    name = "gem"
     options = GEMOptions
+    state_keys = ("memories",)
 
     def __init__(self, memory_size=DEFAULTS.gem_memory_size, seed=0, optimizer=DEFAULTS.projection_optimizer,
                  sgd_lr=DEFAULTS.sgd_lr):
@@ -225,13 +209,6 @@ class EpisodicMemory(Plugin):
         self.memories.setdefault(stage, {})[task] = memory
         stats, self._stats = self._stats or {"steps": 0, "projected": 0, "memory_tasks": []}, None
         return {**stats, "memory_added": len(memory)}
-
-    def state_dict(self):
-        return {"memories": self.memories}
-
-    def load_state_dict(self, state):
-        if state:
-            self.memories = state["memories"]
 
     def state_nbytes(self):
         return sum(records_nbytes(records) for by_task in self.memories.values() for records in by_task.values())

@@ -8,35 +8,31 @@ training and at inference (no task id needed). Each training step's loss gets
     L_total = L_stage + lambda_orth * sum_layers sum_{s<t} sum_{j,k} |(A_s A_t^T)[j,k]|
                       + lambda_l2 * sum_{P in {A_t, B_t} of every layer} ||P||_F^2
 
-with A of shape (r, d_in) (PEFT's layout; the paper writes A^T, the product is the same r x r
-matrix of inner products between the rows that span the adapters' input subspaces). The penalty is
-zero exactly when every row of A_t is orthogonal to every row of every earlier A_s.
+with A of shape (r, d_in) (PEFT's layout; the paper writes A^T, the product is the same r x r matrix
+of inner products between the rows that span the adapters' input subspaces). The penalty is zero
+exactly when every row of A_t is orthogonal to every row of every earlier A_s.
 
 Our choices.
-- Adapters: the first task trains the run's existing "default" adapter; task k >= 2 adds
-  "olora<k-1>" with the run's LoRA config (cfg.model: rank, alpha, dropout, targets), initialised
-  as PEFT initialises LoRA (A Kaiming-uniform, B = 0, so a new adapter starts as a no-op). All
-  adapters are set active with `base_model.set_adapter([...])`; that call makes every active adapter
-  trainable, so the earlier ones are frozen (requires_grad False) right after it, and again at every
-  stage start (leaving `model.disable_adapter()` makes all active adapters trainable once more). The
-  trainable parameters of task t are exactly A_t and B_t of every targeted layer; the runner
-  rebuilds its optimizer for them (fresh AdamW state per task, since the parameters are new).
+- Adapters: the first task trains the run's "default" adapter; task k >= 2 adds "olora<k-1>" with the
+  run's LoRA config (cfg.model: rank, alpha, dropout, targets), initialised as PEFT initialises LoRA
+  (A Kaiming-uniform, B = 0: a new adapter starts as a no-op). `base_model.set_adapter([...])` makes
+  every adapter active and also trainable, so the earlier ones are frozen right after it, and again
+  at every stage start (leaving `model.disable_adapter()` makes all active adapters trainable once
+  more). Task t trains exactly A_t and B_t of every targeted layer; the runner rebuilds its optimizer
+  for them (fresh AdamW state per task, since the parameters are new).
 - lambda_orth = 0.1 (`method.olora_lambda_orth`), the LifeAlign paper's O-LoRA config (the O-LoRA
-  repository's scripts use lamda_1 = 0.5). L_orth is the sum of the ABSOLUTE values of the entries
-  of A_s A_t^T, as the O-LoRA training code computes it. It is computed in fp32 (autocast
-  off), so bf16 runs do not round the penalty.
+  repository's scripts use lamda_1 = 0.5). L_orth sums the ABSOLUTE values of the entries of
+  A_s A_t^T, as the O-LoRA training code does, in fp32 (autocast off, so bf16 runs do not round it).
 - lambda_l2 = 0 by default (`method.olora_lambda_l2`): the O-LoRA paper's objective, as we read it,
-  has only the orthogonality term; its released code adds lambda_2 * (sum of the un-squared Frobenius norms of the
-  new adapter's matrices) and all its published scripts set lambda_2 = 0. We implement the term as
-  the squared L2 norm (a plain weight decay on the new adapter) and keep it
-  off by default; set it for a small L2 term.
-- Both terms are added in both stages of a task (SFT and preference), i.e. to every training loss,
-  as O-LoRA regularises its whole training objective.
+  has only the orthogonality term; its released code adds lambda_2 * (sum of the un-squared Frobenius
+  norms of the new adapter's matrices) and all its published scripts set lambda_2 = 0. We implement
+  the term as the squared L2 norm (a plain weight decay on the new adapter), off by default.
+- Both terms are added to every training loss, in both stages of a task (SFT and preference), as
+  O-LoRA regularises its whole training objective.
 - Reference model: the frozen base model with EVERY adapter disabled. The runner computes reference
   log-probs under `model.disable_adapter()`, which switches off all LoRA layers (every adapter, not
   only the newest); the tests check this against the plain base model.
-- No replay by default (`method.replay=true` adds it); the preference loss is DPO unless
-  `method.loss` says otherwise.
+- No replay by default (`method.replay=true` adds it); DPO unless `method.loss` says otherwise.
 
 State (state.pt after each task): the ordered adapter names. On a restart, `on_restore` re-creates
 the adapters of the finished tasks (same names, same order, newest trainable as when saved) before
@@ -45,11 +41,11 @@ adapters (the memory O-LoRA adds over a single LoRA), in their stored dtype.
 
 Differences from the authors' released version (github.com/cmnlp/O-LoRA): it keeps ONE PEFT adapter
 whose `lora_A`/`lora_B` grow by concatenation after each task ("lora" = all earlier tasks, rank
-r*(t-1), plus "loranew" for the current task), which is the same function as a sum of separate
-adapters; we keep separate named adapters. It used absolute values in L_orth and lambda_1 = 0.5,
-lambda_2 = 0; we use lambda_orth = 0.1 (LifeAlign's setting) and the squared L2 form when enabled.
-Its instruction-tuning setup (T5 / LLaMA on classification tasks with a task-instruction prompt) is
-replaced by this project's SFT -> DPO/FPO pipeline.
+r*(t-1), plus "loranew" for the current task), the same function as a sum of separate adapters; we
+keep separate named adapters. It used lambda_1 = 0.5, lambda_2 = 0; we use lambda_orth = 0.1
+(LifeAlign's setting) and the squared L2 form when enabled. Its instruction-tuning setup (T5 / LLaMA
+on classification tasks with a task-instruction prompt) is replaced by this project's SFT ->
+DPO/FPO pipeline.
 """
 import torch
 from pydantic import Field
@@ -104,12 +100,12 @@ class OLoRA(Plugin):
     def __init__(self, lambda_orth=DEFAULTS.olora_lambda_orth, lambda_l2=DEFAULTS.olora_lambda_l2):
         self.lambda_orth = lambda_orth
         self.lambda_l2 = lambda_l2
-        self.adapters = []          # adapter names in task order; the last one is trained
+        self.adapters = []  # adapter names in task order; the last one is trained
+        self._model = None  # the model of the last finished or restored task, for state_nbytes
 
-    # ------------------------------------------------------------ model structure
     def _add_adapter(self, loop, name):
         model, m = loop.model, loop.cfg.model
-        if name not in model.peft_config:
+        if name != FIRST_ADAPTER and name not in model.peft_config:
             model.add_adapter(name, lora_config(m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_targets))
             keep_fp32(adapter_parameters(model, name).values())
 
@@ -130,11 +126,9 @@ class OLoRA(Plugin):
                     for p in module.parameters():
                         p.requires_grad_(key == newest)
 
-    # ------------------------------------------------------------ hooks
     def on_task_start(self, loop, task):
         name = adapter_name(len(self.adapters))
-        if name != FIRST_ADAPTER:
-            self._add_adapter(loop, name)
+        self._add_adapter(loop, name)
         self.adapters.append(name)
         self._activate(loop.model)
 
@@ -178,19 +172,17 @@ class OLoRA(Plugin):
         if not self.adapters:
             return
         for name in self.adapters:
-            if name != FIRST_ADAPTER:
-                self._add_adapter(loop, name)
+            self._add_adapter(loop, name)
         self._activate(loop.model)
         self._model = loop.model
 
     def on_task_end(self, loop, task):
-        self._model = loop.model  # for state_nbytes
+        self._model = loop.model
 
     def state_nbytes(self):
-        model = getattr(self, "_model", None)
-        if model is None or len(self.adapters) < 2:
+        if self._model is None or len(self.adapters) < 2:
             return 0
-        return tensor_nbytes(p for name in self.adapters[:-1] for p in adapter_parameters(model, name).values())
+        return tensor_nbytes(p for name in self.adapters[:-1] for p in adapter_parameters(self._model, name).values())
 
 
 @register("olora", replay=False)
