@@ -9,54 +9,53 @@ token embeddings, and the frozen backbone runs on the extended sequence. The tra
     L_total = L_stage + lambda * mean_x sum_{i in top-N(x)} (1 - cos(q(x), k_i))
 
 (the paper's surrogate loss, gamma = cosine distance, summed over the selected keys); the selection
-itself is not differentiable, so the second term is what trains the keys, and the prompts are
-trained by L_stage through the frozen network. Only prompts and keys are trained.
+itself is not differentiable, so the second term trains the keys, and L_stage trains the prompts
+through the frozen network. Only prompts and keys are trained.
 
 Our choices.
 - M = 10, L_p = 5, N = 3 (`method.l2p_pool_size`, `l2p_prompt_length`, `l2p_top_k`), the LifeAlign
   paper's setting: 15 prompt embeddings per input.
-- The query. L2P uses the frozen pretrained model's [CLS] feature of the un-prompted input; a
-  decoder LLM has no [CLS] token, so q(x) is the mean of the frozen base model's input token
-  embeddings over the non-padded PROMPT tokens of the sequence (not the response), i.e. a frozen,
-  response-independent feature of x: the chosen and the rejected sequence of a pair, and the
-  generation from that prompt, all select the same prompts. The prompt tokens of a sequence are
-  found by matching its leading tokens against the token ids of every prompt of the run's tasks
-  (train and test; the longest match wins); a sequence with no known prompt (not produced by this
-  pipeline) falls back to the mean over all its non-padded tokens, and the stage report counts such
-  fallbacks. A decoder cannot give a [CLS]-like feature without a forward pass of its own, and the
-  embedding mean keeps the query free and exactly frozen.
+- The query. L2P uses the frozen pretrained model's [CLS] feature of the un-prompted input; a decoder
+  LLM has none (nor a [CLS]-like feature without a forward pass of its own), so q(x) is the mean of
+  the frozen base model's input token embeddings over the non-padded PROMPT tokens of the sequence,
+  a free, exactly frozen, response-independent feature of x: the chosen and the rejected sequence of
+  a pair, and the generation from that prompt, all select the same prompts. A sequence's prompt
+  tokens are found by matching its leading tokens against the token ids of every prompt of the run's
+  tasks (train and test; the longest match wins); a sequence with no known prompt (not produced by
+  this pipeline) falls back to the mean over all its non-padded tokens, and the stage report counts
+  such fallbacks.
 - Selection is per input (the paper's instance-wise top-N), by cosine similarity.
-- lambda = 0.5 (`method.l2p_key_lambda`). (The released L2P configs call it pull_constraint_coeff
-  and set 1.0.) The per-input sum over the N selected keys is averaged over the batch's sequences.
+- lambda = 0.5 (`method.l2p_key_lambda`; the released L2P configs call it pull_constraint_coeff and
+  set 1.0). The per-input sum over the N selected keys is averaged over the batch's sequences.
 - Initialisation: keys uniform in [-1, 1) (cosine ignores their scale); prompts uniform with the
-  standard deviation of the model's token-embedding table, so the prompts enter at the scale of real
-  tokens. Seeded by the run's seed (a generator of its own, the global RNG is untouched).
+  standard deviation of the model's token-embedding table, so they enter at the scale of real tokens.
+  Seeded by the run's seed (a generator of its own; the global RNG is untouched).
 - LoRA is frozen (the run's adapter stays at its initialisation, a no-op since B = 0): the trainable
   parameters are exactly the prompts and the keys.
-- Optimizer: Adam(W) without weight decay at `method.l2p_lr` (default 0.03) for the prompts and keys,
-  the L2P paper's and its released configs' setting (Adam, constant learning rate 0.03, batch 128).
-  Prompt embeddings need a learning rate far above LoRA's: they are free vectors at the scale of token
-  embeddings, trained through a frozen network. Built by `make_optimizer` as its own parameter group;
+- Optimizer: AdamW without weight decay at `method.l2p_lr` (0.03) for the prompts and keys, the L2P
+  paper's and its released configs' setting (Adam, constant learning rate 0.03, batch 128): prompt
+  embeddings are free vectors at the scale of token embeddings, trained through a frozen network, and
+  need a learning rate far above LoRA's. `make_optimizer` puts them in a parameter group of their own;
   any other trainable parameter (none with LoRA frozen) keeps the stage learning rate. The stage's
   schedule (warm-up, cosine) scales it, and one optimizer per stage kind carries its state over
   between tasks like every method here.
-- Mechanics: the pool is a submodule (`l2p_pool`) of the base causal LM, so its parameters are
-  model parameters (optimizer, DDP, `.to(device)`). A forward pre-hook on that causal LM turns
-  input_ids into inputs_embeds with the selected prompts in front and extends the attention mask
-  (and position ids when the caller gives them); a forward hook cuts the prompt positions off the
-  logits, so every caller (training.sequence_logps, evaluation, generation) sees logits of its own
-  sequence length. Under generation with a KV cache, the prefill pass is prompted, and each decoding
-  step extends the caller's attention mask and position ids by the prompt length.
-- The reference model never sees the prompts. The hooks do nothing while the adapter is disabled:
-  they check PEFT's own switches, `PeftModel._adapters_disabled` (set by `model.disable_adapter()`,
-  which the runner uses for reference log-probs) and the LoRA layers' `disable_adapters` flag (set by
+- Mechanics: the pool is a submodule (`l2p_pool`) of the base causal LM, so its parameters are model
+  parameters (optimizer, DDP, `.to(device)`). A forward pre-hook on that causal LM turns input_ids
+  into inputs_embeds with the selected prompts in front and extends the attention mask (and position
+  ids when the caller gives them); a forward hook cuts the prompt positions off the logits, so every
+  caller (training.sequence_logps, evaluation, generation) sees logits of its own sequence length.
+  Under generation with a KV cache the prefill pass is prompted, and each decoding step extends the
+  caller's attention mask and position ids by the prompt length.
+- The reference model never sees the prompts: the hooks do nothing while the adapter is disabled,
+  by PEFT's own switches, `PeftModel._adapters_disabled` (set by `model.disable_adapter()`, which the
+  runner uses for reference log-probs) and the LoRA layers' `disable_adapters` flag (set by
   `base_model.disable_adapter_layers()`). Otherwise DPO's margin would compare the prompted policy
   with a prompted reference and degenerate.
 - No replay by default (`method.replay=true` adds it); DPO unless `method.loss` says otherwise.
 
 State (state.pt after each task): the prompts and keys (fp32, CPU) and the prompt-usage counts. They
-are not LoRA matrices, so the runner does not save them as weights; `on_restore` reinstalls the
-pool with these values. `state_nbytes` reports prompts + keys.
+are not LoRA matrices, so the runner does not save them as weights; `on_restore` reinstalls the pool
+with these values. `state_nbytes` reports prompts + keys.
 
 Differences from the authors' released version (github.com/google-research/l2p, JAX, ViT image
 classification): its configs select prompts "batchwise" (batchwise_prompt = True: the N prompts
@@ -128,29 +127,25 @@ class PromptPool(nn.Module):
 
     def prompt_embeddings(self, idx):
         """(B, k * L, D): the selected prompts one after the other."""
-        b = idx.shape[0]
-        return self.prompts[idx].reshape(b, -1, self.prompts.shape[-1])
+        return self.prompts[idx].reshape(idx.shape[0], -1, self.prompts.shape[-1])
 
 
 class PromptIndex:
     """Token ids of every known prompt, to find where the prompt of a sequence ends."""
 
     def __init__(self):
-        self.by_length = {}
-        self._lengths = []
+        self.by_length = {}  # prompt length -> the prompts of that length, as tuples
 
     def add(self, ids):
         self.by_length.setdefault(len(ids), set()).add(tuple(ids))
-        self._lengths = sorted(self.by_length, reverse=True)
 
     def __len__(self):
         return sum(len(v) for v in self.by_length.values())
 
     def prompt_length(self, tokens):
         """Length of the longest known prompt that `tokens` starts with, or None."""
-        n = len(tokens)
-        for length in self._lengths:
-            if 0 < length <= n and tuple(tokens[:length]) in self.by_length[length]:
+        for length in sorted(self.by_length, reverse=True):
+            if 0 < length <= len(tokens) and tuple(tokens[:length]) in self.by_length[length]:
                 return length
         return None
 
@@ -183,7 +178,6 @@ class L2P(Plugin):
     def n_prompt_tokens(self):
         return self.top_k * self.prompt_length
 
-    # ------------------------------------------------------------ installation
     def install(self, model, prompts=None, keys=None):
         """Put the pool into `model` (a PeftModel) and register the hooks; LoRA frozen, pool trainable."""
         lm = model.get_base_model()
@@ -229,16 +223,13 @@ class L2P(Plugin):
                     self.index.add(rec["ids"]["prompt"])
 
     def active(self):
+        """Whether the hooks act: a pool is installed and neither of PEFT's adapter switches is off."""
         if self.pool is None:
             return False
         peft_model = self._peft()
-        if peft_model is not None and getattr(peft_model, "_adapters_disabled", False):
-            return False
-        if self._lora_layer is not None and self._lora_layer.disable_adapters:
-            return False
-        return True
+        return not ((peft_model is not None and getattr(peft_model, "_adapters_disabled", False))
+                    or (self._lora_layer is not None and self._lora_layer.disable_adapters))
 
-    # ------------------------------------------------------------ the query
     def query_mask(self, input_ids, valid):
         """(B, T) bool: the prompt tokens of each sequence (all valid tokens where none is known)."""
         mask = valid.clone()
@@ -264,7 +255,6 @@ class L2P(Plugin):
         mask = mask.to(token_embeds.device, torch.float32).unsqueeze(-1)
         return (token_embeds.detach().float() * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
-    # ------------------------------------------------------------ hooks on the causal LM
     def _pre_hook(self, module, args, kwargs):
         self._pending = None
         if not self.active():
@@ -282,8 +272,7 @@ class L2P(Plugin):
         past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
         if past > 0:
             # A decoding step: the cache starts with the prompts if its prefill was prompted.
-            prompted = self._prompted_cache is not None and self._prompted_cache() is cache
-            if prompted:
+            if self._prompted_cache is not None and self._prompted_cache() is cache:
                 if mask is not None:
                     kw["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], n_prompt), mask], 1)
                 if positions is not None:
@@ -304,21 +293,19 @@ class L2P(Plugin):
             positions = positions.expand(batch, -1)
             head = torch.arange(n_prompt, device=positions.device, dtype=positions.dtype).expand(batch, -1)
             kw["position_ids"] = torch.cat([head, positions + n_prompt], 1)
-        if kw.get("labels") is not None:
-            labels = kw["labels"]
+        labels = kw.get("labels")
+        if labels is not None:
             kw["labels"] = torch.cat([labels.new_full((batch, n_prompt), -100), labels], 1)
         if torch.is_grad_enabled() and module.training:
             self._sims.append(sim)
             self.stage_usage += torch.bincount(idx.flatten().cpu(), minlength=self.pool_size)
-        self._prompted_cache = None
-        if cache is not None:
-            self._remember_cache(cache)
+        self._remember_cache(cache)
         self._pending = length
         return (), kw
 
     def _remember_cache(self, cache):
         try:
-            self._prompted_cache = weakref.ref(cache)
+            self._prompted_cache = None if cache is None else weakref.ref(cache)
         except TypeError:  # a cache type without weak references: decoding steps get no extension
             self._prompted_cache = None
 
@@ -340,7 +327,6 @@ class L2P(Plugin):
         output.logits = logits[:, n_prompt:]
         return output
 
-    # ------------------------------------------------------------ plugin hooks
     def on_task_start(self, loop, task):
         self.install(loop.model)
         self.index_prompts(loop.tasks)
@@ -363,8 +349,7 @@ class L2P(Plugin):
         sims, self._sims = self._sims, []
         if not sims or not self.key_lambda:
             return None
-        sim = torch.cat(sims, 0)
-        return self.key_lambda * (1.0 - sim).sum(-1).mean()
+        return self.key_lambda * (1.0 - torch.cat(sims, 0)).sum(-1).mean()
 
     def on_stage_end(self, loop, stage):
         self._sims = []
