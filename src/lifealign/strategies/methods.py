@@ -9,31 +9,17 @@ from .base import Strategy
 from .slmc import SLMCPlugin
 
 
-def slmc_plugin(cfg):
-    m = cfg.method
-    return SLMCPlugin(m.slmc_threshold, m.slmc_lambda, m.slmc_stages)
+def register_method(name, loss, slmc=False, replay=True):
+    """Register `name`: the preference loss `loss`, SLMC when `slmc`, replay by default when `replay`."""
+    def build(cfg):
+        m = cfg.method
+        return Strategy(name, loss, [SLMCPlugin(m.slmc_threshold, m.slmc_lambda, m.slmc_stages)] if slmc else [])
+
+    register(name, replay)(build)
 
 
-@register("seqft", replay=False)
-def seqft(cfg):
-    return Strategy("seqft", "dpo")
-
-
-@register("er", replay=True)
-def er(cfg):
-    return Strategy("er", "dpo")
-
-
-@register("lifealign", replay=True)
-def lifealign(cfg):
-    return Strategy("lifealign", "fpo", [slmc_plugin(cfg)])
-
-
-@register("dpo+slmc", replay=True)
-def dpo_slmc(cfg):
-    return Strategy("dpo+slmc", "dpo", [slmc_plugin(cfg)])
-
-
-@register("fpo", replay=True)
-def fpo(cfg):
-    return Strategy("fpo", "fpo")
+register_method("seqft", "dpo", replay=False)
+register_method("er", "dpo")
+register_method("lifealign", "fpo", slmc=True)
+register_method("dpo+slmc", "dpo", slmc=True)
+register_method("fpo", "fpo")
