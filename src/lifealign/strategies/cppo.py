@@ -5,9 +5,7 @@ Reinforcement Learning with Human Feedback", ICLR 2024. CPPO maximises, per roll
     alpha_i * L_policy_i  -  beta_i * L_KR_i,
 L_policy the PPO clipped objective, L_KR = (log pi(y|x) - log pi_old(y|x))^2 a knowledge-retention
 penalty against the policy learned on the previous tasks. Its heuristic variant sets the two weights
-by where a sample's reward r and generation probability P fall relative to the batch's mean +- k*std.
-
-Category -> (alpha, beta), lb = 0.5, ub = 2 by default (`method.cppo_lb`, `method.cppo_ub`):
+by where a sample's reward r and generation probability P fall relative to the batch's mean +- k*std:
 
     category           reward (DPO margin)   policy log-prob         alpha   beta
     high-performance   r - mu_r >  k sd_r     p - mu_p >  k sd_p      ub      ub   learn and retain
@@ -16,58 +14,50 @@ Category -> (alpha, beta), lb = 0.5, ub = 2 by default (`method.cppo_lb`, `metho
     noisy              r - mu_r < -k sd_r     p - mu_p < -k sd_p      lb      lb   trust it less on both terms
     normal             otherwise                                      1       1
 
-Source: the CPPO paper's heuristic rule (a sample with high reward but low generation probability,
-or high generation probability but low reward, gets a high policy-learning weight and a low
-knowledge-retention weight) and the LifeAlign authors' CPPO code (`DPOwithCPPO.compute_sample_weights`
-in github.com/real-ljs/LifeAlign), which sets exactly these five rows.
+with k = 1, lb = 0.5, ub = 2 by default (`method.cppo_k`, `method.cppo_lb`, `method.cppo_ub`). These
+five rows are the paper's heuristic rule (a sample with high reward but low generation probability,
+or the reverse, gets a high policy-learning and a low knowledge-retention weight) as the LifeAlign
+authors' CPPO code sets them (`DPOwithCPPO.compute_sample_weights`, github.com/real-ljs/LifeAlign).
 
-- The "sample" is a preference pair. Its reward is the detached DPO implicit margin
-  r = beta_dpo * [(log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))].
-- Its generation probability is the policy's detached log-probability of the chosen response per
-  response token, log pi(y_w|x) / |y_w|: chosen, because y_w is the response the policy learns to
-  generate (CPPO's P is the probability of the sample trained on); per token, because summed
-  log-probs mostly measure length.
-- mu and sd are RUNNING statistics of the preference stage: the mean and population standard
-  deviation of r and of p over every pair the stage has scored so far, this micro-batch included,
-  pooled across ranks (`RunningMoments`: under DDP a float64 all-reduce of count, sum and sum of
-  squares per micro-batch, so every rank uses the same statistics). They restart with each
+Here the sample is a preference pair, and
+- r is its detached DPO implicit margin, beta_dpo * [(log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))];
+- p is the policy's detached log-probability of the chosen response per response token,
+  log pi(y_w|x) / |y_w|: y_w is what the policy learns to generate, and summed log-probs would
+  mostly measure length;
+- mu and sd are the mean and population std of r and p over every pair the preference stage has
+  scored so far, this micro-batch included, pooled across ranks (`RunningMoments`: under DDP a
+  float64 all-reduce of count, sum and sum of squares per micro-batch), restarted with each
   preference stage. CPPO takes them over its rollout batch (hundreds of samples); a micro-batch here
-  has 2-8 pairs, whose mean and std decide little (with 2 pairs both sit exactly at mu +- sd, and the
-  strict inequalities are decided by float rounding). The effective batch (all micro-batches of an
-  optimizer step) would need an extra forward pass over the step before the first micro-batch's
-  backward; the running statistics need none and pool more pairs from the second step on, at the
-  price of mixing in pairs scored by the policy earlier in the stage. The inequalities are strict,
-  so pairs whose values all equal the mean are "normal". While the stage has seen fewer than
-  MIN_PAIRS = 3 pairs there is no usable spread: every weight is 1, with a warning once per stage.
-  Runs resume at task boundaries, where no stage is under way, so the statistics need no saving.
-- Retention term per pair: c * ((log pi(y_w) - log pi_old(y_w))^2 + (log pi(y_l) - log pi_old(y_l))^2),
-  c = `method.cppo_retention` (0.1), summed response log-probs as everywhere in this project; the DPO
-  beta is not part of c.
+  has 2-8 pairs, too few for a spread (with 2, both sit exactly at mu +- sd and float rounding
+  decides the strict inequalities), and the effective batch would need an extra forward pass per
+  optimizer step. The running statistics need none, at the price of mixing in pairs scored earlier
+  in the stage. The inequalities are strict: pairs at the mean are "normal". Below MIN_PAIRS = 3
+  pairs seen, every weight is 1, with a warning once per stage. Runs resume at task boundaries, where
+  no stage is under way, so the statistics need no saving;
+- retention_i = c * ((log pi(y_w) - log pi_old(y_w))^2 + (log pi(y_l) - log pi_old(y_l))^2), summed
+  response log-probs as everywhere in this project, c = `method.cppo_retention` (0.1), the DPO beta
+  not part of c.
 
-Loss of a preference step: mean_i(alpha_i * L_i) + mean_i(beta_i * retention_i), L_i the per-pair
+A preference step's loss is mean_i(alpha_i * L_i) + mean_i(beta_i * retention_i), L_i the per-pair
 DPO (or FPO, `method.loss`) loss. The runner already adds mean_i(L_i), so `extra_loss` returns
-    mean_i((alpha_i - 1) * L_i) + mean_i(beta_i * retention_i),
-and  mean(L) + mean((alpha - 1) L) = mean(alpha L)  makes the total exactly the CPPO loss.
-
-pi_old is the policy at the end of the previous task (for the first task the base model, since LoRA
-starts as a no-op). The LoRA matrices are snapshotted when a task starts; when its preference stage
-starts, every training pair of the stage (replayed ones too) is scored with those weights swapped in
-(then the current ones are put back), and rec["old"] = (chosen, rejected) feeds
-batch["old_chosen_logps"/"old_rejected_logps"]. Snapshotting at task start matters: by the
-preference stage start the task's SFT stage has already moved the policy. On a resume the snapshot
-is taken from the restored adapter, so no extra state is saved.
-
+    mean_i((alpha_i - 1) * L_i) + mean_i(beta_i * retention_i).
 The SFT stage is plain SFT (CPPO is a method for the RL stage). No replay by default
 (`method.replay=true` adds it).
 
-Differences from the CPPO paper: it is PPO with rollouts, a reward model and a critic; here the
-policy term is the DPO/FPO pair loss on fixed preference pairs, "reward" is the implicit DPO margin,
-pi_old is scored once per task rather than kept as a second model, and only the heuristic weights
-(not the learnable-weights variant) are implemented. Differences from the LifeAlign authors' CPPO
-code: it takes mu and sd over each micro-batch (unbiased std, non-strict inequalities), uses the
-summed (not per-token) chosen log-prob, and snapshots pi_old once, when its DPO trainer first trains
-(after the first task's SFT stage), keeping it for every later task; it also scores pi_old with a
-forward pass every step.
+pi_old is the policy at the end of the previous task (for the first task the base model, LoRA
+starting as a no-op). The LoRA matrices are snapshotted when a task starts, before its SFT stage
+moves the policy; when its preference stage starts, every training pair of the stage (replayed ones
+too) is scored with them swapped in (the current ones put back after), and rec["old"] = (chosen,
+rejected) feeds batch["old_chosen_logps"/"old_rejected_logps"]. On a resume the snapshot is taken
+from the restored adapter, so no extra state is saved.
+
+Differences from the CPPO paper: PPO with rollouts, a reward model and a critic there; here the
+DPO/FPO pair loss on fixed preference pairs, the implicit DPO margin as reward, pi_old scored once
+per task rather than kept as a second model, and only the heuristic weights (not the learnable
+ones). Differences from the LifeAlign authors' CPPO code: it takes mu and sd over each micro-batch
+(unbiased std, non-strict inequalities), uses the summed chosen log-prob, and snapshots pi_old once,
+when its DPO trainer first trains (after the first task's SFT stage), keeping it for every later
+task; it scores pi_old with a forward pass every step.
 """
 import time
 import warnings

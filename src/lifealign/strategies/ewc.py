@@ -12,17 +12,16 @@ Our choices.
 - When to consolidate (`method.ewc_scope`):
   - "task" (default): once per task, at its end, as EWC is defined (protect what earlier TASKS
     learned): F <- gamma * F + (F_sft + F_pref), each stage's Fisher computed at the task's end with
-    that stage's own loss and records, and theta* <- the parameters at the task's end. Both stages of
-    task t train against the Fisher and anchor of tasks 1..t-1; task t's preference stage is free to
-    move away from task t's own SFT solution.
+    that stage's own loss and records, and theta* <- the parameters then. Both stages of task t train
+    against the Fisher and anchor of tasks 1..t-1; its preference stage may move away from its own
+    SFT solution.
   - "stage": after every stage, as the authors' code does: F <- gamma * F + F_stage, theta* <- the
-    parameters at the end of that stage. Task t's preference stage is then anchored at the end of
-    its own SFT stage, whose Fisher is already in F: a pull towards the same task's SFT solution
-    that EWC itself does not have.
-  gamma = 1 (`method.ewc_gamma`) sums the Fisher of all earlier consolidations: online EWC
-  accumulates, it does not replace F. With gamma = 1 the update of Schwarz et al. (penalty weighted
-  by gamma*F) and ours coincide. The first task trains without a penalty (F is still empty; with
-  "stage", only its first stage).
+    parameters at that stage's end. Task t's preference stage is then anchored at the end of its own
+    SFT stage, whose Fisher is already in F: a pull towards the same task's SFT solution that EWC
+    itself does not have.
+  gamma = 1 (`method.ewc_gamma`) sums the Fisher of all earlier consolidations (online EWC
+  accumulates F; with gamma = 1 Schwarz et al.'s update, penalty weighted by gamma*F, and ours
+  coincide). The first task trains without a penalty (with "stage", only its first stage).
 - A stage's Fisher is the diagonal EMPIRICAL Fisher of the stage's own loss (SFT: the mean
   response-token NLL; preference: the DPO/FPO per-pair loss against the base model) on
   `loop.stage_records` (replayed rows too when replay is on): the mean over examples of the squared
@@ -31,17 +30,16 @@ Our choices.
   reruns and resumed runs draw the same). The model is in eval mode for this pass (no dropout noise;
   LoRA dropout is 0 by default anyway) under the run's precision (`loop.autocast()`); F is fp32.
 - lambda (`method.ewc_lambda`, 1e4). With a mean-over-examples loss, (1/2) sum F (theta - theta*)^2
-  is the second-order (Laplace) estimate of how much an earlier stage's MEAN loss rose, so lambda = 1
-  would be the "Bayesian" weight; in practice it is far too weak because the empirical Fisher of LoRA
-  coordinates is tiny. Measured on SmolLM2-135M with our LoRA (r 8 on q/v, 0.46 M coordinates), 8
-  hh-rlhf pairs, adapter after one task of our CPU run: F averages 3e-6 per coordinate for the SFT
-  loss and 1.3e-5 for DPO; one task moves the LoRA coordinates by ~1e-3 rms, so the penalty gradient
-  after one task's drift is |F*delta| ~ 1e-5 (SFT) to 6e-5 (DPO), against a task gradient of norm
-  0.4-0.8 (then clipped at 1). lambda 1.5e4-3.5e4 would make the two equal after one task; 1e4 puts
-  the pull at roughly a third to a half of the task gradient after one task's drift, growing as F
-  accumulates (two stage Fishers per task with gamma = 1): strong enough to act, not so strong that
-  the first task freezes learning. Fisher scales differ with the model and data: sweep lambda (e.g.
-  1e3..1e5) for a fair baseline.
+  estimates (Laplace, second order) how much an earlier stage's MEAN loss rose, so lambda = 1 would
+  be the "Bayesian" weight, far too weak in practice: the empirical Fisher of LoRA coordinates is
+  tiny. Measured on SmolLM2-135M with our LoRA (r 8 on q/v, 0.46 M coordinates), 8 hh-rlhf pairs,
+  adapter after one task of our CPU run: F averages 3e-6 per coordinate for the SFT loss and 1.3e-5
+  for DPO; one task moves the LoRA coordinates by ~1e-3 rms, so after one task's drift the penalty
+  gradient |F*delta| is ~1e-5 (SFT) to 6e-5 (DPO), against a task gradient of norm 0.4-0.8 (clipped
+  at 1). lambda 1.5e4-3.5e4 would make the two equal; 1e4 puts the pull at a third to a half of the
+  task gradient, growing as F accumulates (two stage Fishers per task with gamma = 1): strong enough
+  to act, not so strong that the first task freezes learning. Fisher scales differ with the model and
+  data: sweep lambda (e.g. 1e3..1e5) for a fair baseline.
 - No replay by default (`method.replay=true` adds it); DPO unless `method.loss` says otherwise.
 
 State (state.pt after each task, restored on resume): F and theta* (fp32, CPU) per parameter name

@@ -1,60 +1,56 @@
 """GEM and A-GEM baselines: episodic gradient memories, the gradient projected before the step.
 
-Methods.
 - GEM: Lopez-Paz & Ranzato 2017, "Gradient Episodic Memory for Continual Learning" (NeurIPS). At
   every optimizer step, one gradient per earlier task on its memory, G = (g_1 .. g_{t-1}) (rows); if
-  the current gradient g conflicts with any of them (G g < 0 somewhere), g is replaced by the closest
-  g~ (in L2) with G g~ >= 0, through the paper's dual QP:
+  the current gradient g conflicts with any (G g < 0 somewhere), it is replaced by the closest g~ (in
+  L2) with G g~ >= 0, through the paper's dual QP:
   min_v  1/2 v^T G G^T v + g^T G^T v   s.t. v >= margin,   g~ = G^T v + g.
 - A-GEM: Chaudhry et al. 2019, "Efficient Lifelong Learning with A-GEM" (ICLR). One reference
   gradient g_ref on a random sample of all memories together; if g . g_ref < 0,
   g~ = g - (g . g_ref / g_ref . g_ref) g_ref (closed form), else g is kept.
 
 Our choices.
-- Memory: the FIRST `method.gem_memory_size` (16) training records of each task in file order (as
-  the replay buffer; with `data.n_train`, the first of the run's subsample; replayed rows never enter
-  a memory), one memory per task AND stage kind: an SFT stage is constrained by the SFT loss (mean
-  response-token NLL) on the earlier tasks' SFT memories, a preference stage by the run's DPO/FPO
-  loss (`loop.stage_loss`) on their preference memories (pairs with their base-model reference
-  log-probs). A task's memory joins when its stage ends, so task t is constrained by tasks 1..t-1.
-- When: `before_optimizer_step`, after backward, the gradient's sync across ranks and its clipping to
-  `max_grad_norm`, BEFORE `optimizer.step()`; the projected gradient is written into `.grad` in
-  place, so the optimizer applies it. The step's gradient is saved, the memory losses are
-  back-propagated (under `loop.autocast()`, in chunks of the stage batch size, each weighted by its
-  share of the memory: for SFT that weights chunks by examples rather than tokens, exact when the
-  memory fits one chunk) and read, and the saved gradient is restored. The memory passes use the
-  unwrapped model, so under DDP they trigger no all-reduce; every rank holds the same memories and
-  draws the same A-GEM sample (seeded by seed, task, stage and step), so all compute the same
-  projection.
-- The projection acts on the concatenation of all trainable parameters (the LoRA matrices) in fp32,
-  the QP in float64. The projected gradient is not re-clipped, as in the papers (GEM's may exceed
-  the clip norm; A-GEM's projection can only shrink it).
-- GEM's QP is solved with `quadprog` (Goldfarb-Idnani), as the authors' GEM code does: P = G G^T +
+- Memories: the first `method.gem_memory_size` (16) training records of each task in file order (of
+  the `data.n_train` subsample when there is one; replayed rows never), one memory per task AND stage
+  kind, joined when the task's stage ends, so task t is constrained by tasks 1..t-1 only. An SFT
+  stage is constrained by the SFT loss (mean response-token NLL) on the earlier SFT memories, a
+  preference stage by the run's DPO/FPO loss (`loop.stage_loss`) on the earlier preference memories
+  (pairs with their base-model reference log-probs).
+- `before_optimizer_step` runs after backward, the gradient's sync across ranks and its clipping to
+  `max_grad_norm`, before `optimizer.step()`, and writes the projected gradient into `.grad` in place.
+  The step's gradient is saved, the memory losses are back-propagated (under `loop.autocast()`, in
+  chunks of the stage batch size, each weighted by its share of the memory: by examples rather than
+  tokens for SFT, exact when the memory fits one chunk) and read, and the saved gradient is restored.
+  The memory passes use the unwrapped model, so under DDP they trigger no all-reduce; every rank
+  holds the same memories and draws the same A-GEM sample (seeded by seed, task, stage and step).
+- The projection acts on all trainable parameters (the LoRA matrices) concatenated, in fp32 (the QP
+  in float64), and is not re-clipped, as in the papers: GEM's g~ may exceed the clip norm (A-GEM's
+  projection can only shrink it).
+- GEM's QP is solved with `quadprog` (Goldfarb-Idnani), as the GEM authors' code does: P = G G^T +
   ridge, q = -G g, v >= margin (`method.gem_margin`, 0.5 as in the GEM paper's experiments: a small
-  bias towards positive backward transfer; 0 gives the plain projection). The ridge, 1e-8 *
-  mean(diag G G^T), is scale-free and only makes P strictly positive definite when memory gradients
-  are (nearly) collinear (the authors' absolute 1e-3 would swamp G G^T at LoRA scale).
-- The optimizer is plain SGD (no momentum, no weight decay) by default, as in both papers: the step
-  -lr * g~ with g~ . g_k >= 0 does not increase (to first order) any memory's loss. An adaptive
-  optimizer rescales each coordinate, so its step from g~ may conflict with the memories again (and
-  moments carried across tasks mix in earlier tasks' gradients). `method.projection_optimizer=adamw`
-  gives the run's AdamW at the stage learning rate instead. SGD runs at `method.sgd_lr` in both
-  stages (measured in docs/baselines.md), scaled by the stage's schedule; one SGD per stage kind for
-  the whole run, like the runner's AdamW (stateless without momentum).
+  bias towards positive backward transfer; 0 gives the plain projection). The ridge 1e-8 *
+  mean(diag G G^T) is scale-free and only keeps P positive definite when memory gradients are
+  (nearly) collinear (the GEM code's absolute 1e-3 would swamp G G^T at LoRA scale).
+- Optimizer: plain SGD (no momentum, no weight decay), as in both papers, at `method.sgd_lr` in both
+  stages (measured in docs/baselines.md) scaled by the stage's schedule, one per stage kind for the
+  run (stateless). Its step -lr * g~, with g~ . g_k >= 0, does not raise any memory's loss to first
+  order; an adaptive optimizer rescales each coordinate, so its step may conflict with the memories
+  again (and moments carried across tasks mix in earlier gradients).
+  `method.projection_optimizer=adamw` gives the run's AdamW at the stage learning rate instead.
 - A-GEM samples `method.agem_sample_size` (16) records uniformly without replacement from all
   earlier memories of the stage kind, afresh each step (as in the paper).
 - No replay by default (`method.replay=true` adds it); DPO unless `method.loss` says otherwise.
 
-Report per stage: steps, how many were projected (the constraint was violated), the earlier tasks in
-memory. State: the memories (records with token ids and reference log-probs), saved after each
-task; `state_nbytes` counts their text and token ids like the replay buffer.
+Report per stage: steps, how many were projected (constraint violated), the earlier tasks in memory.
+State: the memories (records with token ids and reference log-probs), saved after each task;
+`state_nbytes` counts their text and token ids like the replay buffer.
 
-Differences from the LifeAlign authors' GEM (github.com/real-ljs/LifeAlign, CL_methods/GEM.py; the
-repository has no A-GEM): it projected in `on_optimizer_step`, after `optimizer.step()`, so the
-projection never changed the update; here it acts before the step. It kept no episodic memory: each
-earlier "task" (SFT and DPO stages pooled) was a running average (0.9 / 0.1) of its own training
-gradients; it projected each parameter tensor separately, solved the QP with qpth (margin 0.1 by
-default, a ridge of 1.0 when P is not positive definite), and stepped with the trainer's AdamW.
+Differences from the LifeAlign authors' GEM (github.com/real-ljs/LifeAlign, CL_methods/GEM.py; there
+is no A-GEM there): it projected in `on_optimizer_step`, after `optimizer.step()`, so the projection
+never changed an update. It kept no episodic memory: each earlier "task" (SFT and DPO stages pooled)
+was a running average (0.9 / 0.1) of its own training gradients. It projected each parameter tensor
+separately, solved the QP with qpth (margin 0.1, a ridge of 1.0 when P is not positive definite) and
+stepped with the trainer's AdamW.
 """
 from typing import Literal
 

@@ -15,28 +15,26 @@ through the frozen network. Only prompts and keys are trained.
 Our choices.
 - M = 10, L_p = 5, N = 3 (`method.l2p_pool_size`, `l2p_prompt_length`, `l2p_top_k`), the LifeAlign
   paper's setting: 15 prompt embeddings per input.
-- The query. L2P uses the frozen pretrained model's [CLS] feature of the un-prompted input; a decoder
-  LLM has none (nor a [CLS]-like feature without a forward pass of its own), so q(x) is the mean of
-  the frozen base model's input token embeddings over the non-padded PROMPT tokens of the sequence,
-  a free, exactly frozen, response-independent feature of x: the chosen and the rejected sequence of
-  a pair, and the generation from that prompt, all select the same prompts. A sequence's prompt
-  tokens are found by matching its leading tokens against the token ids of every prompt of the run's
-  tasks (train and test; the longest match wins); a sequence with no known prompt (not produced by
-  this pipeline) falls back to the mean over all its non-padded tokens, and the stage report counts
-  such fallbacks.
+- The query: a decoder LLM has no [CLS] feature (nor a [CLS]-like one without a forward pass of its
+  own), so q(x) is the mean of the frozen base model's input token embeddings over the non-padded
+  PROMPT tokens of the sequence: free, exactly frozen and response-independent, so the chosen and the
+  rejected sequence of a pair, and the generation from that prompt, all select the same prompts. A
+  sequence's prompt tokens are found by matching its leading tokens against the token ids of every
+  prompt of the run's tasks (train and test; the longest match wins); a sequence with no known prompt
+  (not produced by this pipeline) falls back to the mean over all its non-padded tokens, and the
+  stage report counts such fallbacks.
 - Selection is per input (the paper's instance-wise top-N), by cosine similarity.
-- lambda = 0.5 (`method.l2p_key_lambda`; the released L2P configs call it pull_constraint_coeff and
-  set 1.0). The per-input sum over the N selected keys is averaged over the batch's sequences.
+- lambda = 0.5 (`method.l2p_key_lambda`); the per-input sum over the N selected keys is averaged over
+  the batch's sequences.
 - Initialisation: keys uniform in [-1, 1) (cosine ignores their scale); prompts uniform with the
   standard deviation of the model's token-embedding table, so they enter at the scale of real tokens.
   Seeded by the run's seed (a generator of its own; the global RNG is untouched).
 - LoRA is frozen (the run's adapter stays at its initialisation, a no-op since B = 0): the trainable
   parameters are exactly the prompts and the keys.
-- Optimizer: AdamW without weight decay at `method.l2p_lr` (0.03) for the prompts and keys, the L2P
-  paper's and its released configs' setting (Adam, constant learning rate 0.03, batch 128): prompt
-  embeddings are free vectors at the scale of token embeddings, trained through a frozen network, and
-  need a learning rate far above LoRA's. `make_optimizer` puts them in a parameter group of their own;
-  any other trainable parameter (none with LoRA frozen) keeps the stage learning rate. The stage's
+- Optimizer: AdamW without weight decay, the prompts and keys in a parameter group of their own at
+  `method.l2p_lr` (0.03, the L2P paper's and its configs' Adam learning rate): free vectors at the
+  scale of token embeddings, trained through a frozen network, need a learning rate far above LoRA's.
+  Any other trainable parameter (none with LoRA frozen) keeps the stage learning rate. The stage's
   schedule (warm-up, cosine) scales it, and one optimizer per stage kind carries its state over
   between tasks like every method here.
 - Mechanics: the pool is a submodule (`l2p_pool`) of the base causal LM, so its parameters are model
@@ -46,11 +44,11 @@ Our choices.
   caller (training.sequence_logps, evaluation, generation) sees logits of its own sequence length.
   Under generation with a KV cache the prefill pass is prompted, and each decoding step extends the
   caller's attention mask and position ids by the prompt length.
-- The reference model never sees the prompts: the hooks do nothing while the adapter is disabled,
-  by PEFT's own switches, `PeftModel._adapters_disabled` (set by `model.disable_adapter()`, which the
-  runner uses for reference log-probs) and the LoRA layers' `disable_adapters` flag (set by
-  `base_model.disable_adapter_layers()`). Otherwise DPO's margin would compare the prompted policy
-  with a prompted reference and degenerate.
+- The reference model never sees the prompts (else DPO's margin would compare the prompted policy
+  with a prompted reference and degenerate): the hooks do nothing while PEFT's own switches disable
+  the adapter, `PeftModel._adapters_disabled` (set by `model.disable_adapter()`, which the runner uses
+  for reference log-probs) and the LoRA layers' `disable_adapters` flag (set by
+  `base_model.disable_adapter_layers()`).
 - No replay by default (`method.replay=true` adds it); DPO unless `method.loss` says otherwise.
 
 State (state.pt after each task): the prompts and keys (fp32, CPU) and the prompt-usage counts. They
@@ -60,13 +58,14 @@ with these values. `state_nbytes` reports prompts + keys.
 Differences from the authors' released version (github.com/google-research/l2p, JAX, ViT image
 classification): its configs select prompts "batchwise" (batchwise_prompt = True: the N prompts
 chosen most often in the batch, for every input of the batch), take the query from the frozen ViT's
-[CLS] feature, train a classifier head on the prompt tokens' outputs, and set pull_constraint_coeff
-= 1.0 (its CIFAR-100 config: M = 10, L_p = 10, N = 4). The paper also describes an optional
-frequency-based diversification of the selection when task boundaries are known during training.
-We keep the paper's instance-wise selection without that option, and the causal-LM losses (SFT NLL,
-DPO) in place of the classifier; there is no head to train. Its optimizer runs at a constant
-learning rate and is re-initialised at every task (reinit_optimizer = True); here the stage's
-schedule scales `method.l2p_lr` and the optimizer state carries over between tasks.
+[CLS] feature of the un-prompted input, train a classifier head on the prompt tokens' outputs, and
+set pull_constraint_coeff (our lambda) = 1.0 (its CIFAR-100 config: M = 10, L_p = 10, N = 4). The
+paper also describes an optional frequency-based diversification of the selection when task
+boundaries are known during training. We keep the paper's instance-wise selection without that
+option, and the causal-LM losses (SFT NLL, DPO) in place of the classifier; there is no head. Its
+optimizer runs at a constant learning rate (batch 128) and is re-initialised at every task
+(reinit_optimizer = True); here the stage's schedule scales `method.l2p_lr` and the optimizer state
+carries over between tasks.
 
 The LifeAlign authors' L2P (github.com/real-ljs/LifeAlign, CL_methods/L2P.py) has no separate keys
 (a prompt's key is the mean of its embeddings), takes the query from the mean embedding of the whole

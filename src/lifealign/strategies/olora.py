@@ -20,13 +20,12 @@ Our choices.
   at every stage start (leaving `model.disable_adapter()` makes all active adapters trainable once
   more). Task t trains exactly A_t and B_t of every targeted layer; the runner rebuilds its optimizer
   for them (fresh AdamW state per task, since the parameters are new).
-- lambda_orth = 0.1 (`method.olora_lambda_orth`), the LifeAlign paper's O-LoRA config (the O-LoRA
-  repository's scripts use lamda_1 = 0.5). L_orth sums the ABSOLUTE values of the entries of
-  A_s A_t^T, as the O-LoRA training code does, in fp32 (autocast off, so bf16 runs do not round it).
+- lambda_orth = 0.1 (`method.olora_lambda_orth`), the LifeAlign paper's O-LoRA config. L_orth sums
+  the ABSOLUTE values of the entries of A_s A_t^T, as the O-LoRA training code does, in fp32
+  (autocast off, so bf16 runs do not round it).
 - lambda_l2 = 0 by default (`method.olora_lambda_l2`): the O-LoRA paper's objective, as we read it,
-  has only the orthogonality term; its released code adds lambda_2 * (sum of the un-squared Frobenius
-  norms of the new adapter's matrices) and all its published scripts set lambda_2 = 0. We implement
-  the term as the squared L2 norm (a plain weight decay on the new adapter), off by default.
+  has only the orthogonality term. When set, the term is the squared L2 norm of the new adapter (a
+  plain weight decay on it).
 - Both terms are added to every training loss, in both stages of a task (SFT and preference), as
   O-LoRA regularises its whole training objective.
 - Reference model: the frozen base model with EVERY adapter disabled. The runner computes reference
@@ -42,10 +41,11 @@ adapters (the memory O-LoRA adds over a single LoRA), in their stored dtype.
 Differences from the authors' released version (github.com/cmnlp/O-LoRA): it keeps ONE PEFT adapter
 whose `lora_A`/`lora_B` grow by concatenation after each task ("lora" = all earlier tasks, rank
 r*(t-1), plus "loranew" for the current task), the same function as a sum of separate adapters; we
-keep separate named adapters. It used lambda_1 = 0.5, lambda_2 = 0; we use lambda_orth = 0.1
-(LifeAlign's setting) and the squared L2 form when enabled. Its instruction-tuning setup (T5 / LLaMA
-on classification tasks with a task-instruction prompt) is replaced by this project's SFT ->
-DPO/FPO pipeline.
+keep separate named adapters. Its scripts set lamda_1 = 0.5; we use lambda_orth = 0.1 (LifeAlign's
+setting). Its code adds lambda_2 * (sum of the un-squared Frobenius norms of the new adapter's
+matrices), with lambda_2 = 0 in every published script; ours is the squared L2 norm, also off by
+default. Its instruction-tuning setup (T5 / LLaMA on classification tasks with a task-instruction
+prompt) is replaced by this project's SFT -> DPO/FPO pipeline.
 """
 import torch
 from pydantic import Field
