@@ -86,16 +86,14 @@ def ewc_penalty(params, fisher, anchor, lam):
             continue
         term = (f * (p.float() - anchor[name]) ** 2).sum()
         total = term if total is None else total + term
-    if total is None:
-        return None
-    return 0.5 * lam * total
+    return None if total is None else 0.5 * lam * total
 
 
 def empirical_fisher(model, params, examples, collate, stage_loss, autocast):
     """Diagonal empirical Fisher: mean over `examples` of the squared gradient of the per-example
     stage loss (each example a batch of one). Returns name -> fp32 tensor on the parameter's device."""
     names, tensors = list(params), list(params.values())
-    sums = {n: torch.zeros_like(params[n], dtype=torch.float32) for n in names}
+    sums = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     if not examples:
         return sums
     device = tensors[0].device
@@ -119,6 +117,7 @@ def empirical_fisher(model, params, examples, collate, stage_loss, autocast):
 class EWCPlugin(Plugin):
     name = "ewc"
     options = EWCOptions
+    state_keys = ("fisher", "anchor", "consolidations")
 
     def __init__(self, lam=DEFAULTS.ewc_lambda, gamma=DEFAULTS.ewc_gamma, fisher_samples=DEFAULTS.ewc_fisher_samples,
                  seed=0, scope=DEFAULTS.ewc_scope):
@@ -205,9 +204,6 @@ class EWCPlugin(Plugin):
                 task_fisher[n] += f
         self._pending = []
         self.consolidate(params, task_fisher)
-
-    def state_dict(self):
-        return {"fisher": self.fisher, "anchor": self.anchor, "consolidations": self.consolidations}
 
     def load_state_dict(self, state):
         if state:
