@@ -40,9 +40,10 @@ Here the sample is a preference pair, and
 
 A preference step's loss is mean_i(alpha_i * L_i) + mean_i(beta_i * retention_i), L_i the per-pair
 DPO (or FPO, `method.loss`) loss. The runner already adds mean_i(L_i), so `extra_loss` returns
-    mean_i((alpha_i - 1) * L_i) + mean_i(beta_i * retention_i).
-The SFT stage is plain SFT (CPPO is a method for the RL stage). No replay by default
-(`method.replay=true` adds it).
+    mean_i((alpha_i - 1) * L_i) + mean_i(beta_i * retention_i),
+and mean(L) + mean((alpha - 1) L) = mean(alpha L) makes the total exactly the CPPO loss. The SFT
+stage is plain SFT (CPPO is a method for the RL stage). No replay by default (`method.replay=true`
+adds it).
 
 pi_old is the policy at the end of the previous task (for the first task the base model, LoRA
 starting as a no-op). The LoRA matrices are snapshotted when a task starts, before its SFT stage
