@@ -8,13 +8,17 @@ results/<profile>/<group>/<run id>/ is committed alone (`--commit`), so a kill l
 run in progress, which resumes at its last finished task.
 
     python scripts/run_grid.py --dry-run                 # the order and each run's state
-    OMP_NUM_THREADS=1 python scripts/run_grid.py --commit --worker 0/2   # one of two workers
     python scripts/run_grid.py --commit --max-tier 2     # stop after tier 2
+    OMP_NUM_THREADS=1 python scripts/run_grid.py --commit --claims ../grid-claims   # one of several workers
 
-Two workers split the to-do list by position (`--worker i/n`: every n-th run from the i-th), each
-in its own clone of the repository; a run's results are committed in the clone that ran it.
+Workers in separate clones share the work through a claims folder (`--claims DIR`): each takes the
+next run in the order that no worker has claimed, and claims it with a file named after the run that
+holds the clone's path. A restarted worker takes its own unfinished claims again first (they resume
+where they stopped, in that clone); a run claimed by a clone that is gone stays skipped until its
+claim file is deleted. Merge the clones' commits into one (each touches only its runs' folders).
 """
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -32,6 +36,29 @@ def ordered_runs(profile):
     return [spec for spec, _, _ in sorted(runs, key=lambda r: (r[0].tier, r[0].seed, r[1], r[2]))]
 
 
+def claim_file(claims, spec):
+    return Path(claims) / f"{spec.group}+{spec.id}"
+
+
+def claim_owner(claims, spec):
+    """The clone that claimed the run, or None when no worker has."""
+    path = claim_file(claims, spec)
+    return path.read_text() if path.exists() else None
+
+
+def claim(claims, spec, owner):
+    """True when `owner` may run `spec`: it claims the run now, or it claimed it before."""
+    path = claim_file(claims, spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return path.read_text() == owner  # a claim whose owner is still being written reads "": not ours
+    with os.fdopen(fd, "w") as f:
+        f.write(owner)
+    return True
+
+
 def commit(profile_name, spec, minutes):
     folder = pipeline.results_dir(profile_name, spec, ROOT).relative_to(ROOT)
     subprocess.run(["git", "add", "--all", "--", str(folder)], cwd=ROOT, check=True)
@@ -43,29 +70,32 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--profile", default=None, help="default: params.yaml's active profile")
     p.add_argument("--max-tier", type=int, default=None, help="run only blocks of this tier or lower")
-    p.add_argument("--worker", default="0/1", metavar="I/N", help="run every N-th to-do run from the I-th")
+    p.add_argument("--claims", default=None, metavar="DIR", help="claims folder shared by workers in other clones")
     p.add_argument("--commit", action="store_true", help="git-commit each run's results when it finishes")
     p.add_argument("--dry-run", action="store_true", help="list the order and states; run nothing")
     args = p.parse_args(argv)
-    index, workers = (int(x) for x in args.worker.split("/"))
     params = pipeline.load_params(ROOT / "params.yaml")
     profile_name, profile = pipeline.active_profile(params, args.profile)
     runs = [s for s in ordered_runs(profile) if args.max_tier is None or s.tier <= args.max_tier]
-    todo = [s for s in runs if not pipeline.is_done(profile_name, s, ROOT)]
-    mine = todo[index::workers]
+    owner = str(ROOT)
     for spec in runs:
         state = pipeline.committed_state(profile_name, spec, ROOT)
-        mark = "*" if spec in mine else " "
-        print(f"{mark} tier {spec.tier}  {spec.group:12s} {spec.id:45s} {state}")
-    print(f"profile {profile_name}: {len(runs)} runs, {len(todo)} to run, {len(mine)} for worker {args.worker}")
+        claimed = claim_owner(args.claims, spec) if args.claims else None
+        print(f"  tier {spec.tier}  {spec.group:12s} {spec.id:45s} {state}" + (f"  (claimed: {claimed})" if claimed else ""))
+    todo = [s for s in runs if not pipeline.is_done(profile_name, s, ROOT)]
+    if args.claims:  # this clone's unfinished claims first: their runs resume here
+        todo.sort(key=lambda s: claim_owner(args.claims, s) != owner)
+    print(f"profile {profile_name}: {len(runs)} runs, {len(todo)} to run")
     if args.dry_run:
         return
-    for n, spec in enumerate(mine, 1):
-        print(f"[{n}/{len(mine)}] {spec.group}/{spec.id}: running", flush=True)
+    for spec in todo:
+        if args.claims and not claim(args.claims, spec, owner):
+            continue
+        print(f"{spec.group}/{spec.id}: running", flush=True)
         t0 = time.perf_counter()
         pipeline.run_one(profile_name, spec, ROOT)
         minutes = (time.perf_counter() - t0) / 60
-        print(f"[{n}/{len(mine)}] {spec.group}/{spec.id}: finished in {minutes:.1f} min", flush=True)
+        print(f"{spec.group}/{spec.id}: finished in {minutes:.1f} min", flush=True)
         if args.commit:
             commit(profile_name, spec, minutes)
 

@@ -140,7 +140,8 @@ def test_run_group_can_run_chosen_runs_only(tmp_path, monkeypatch):
 
 def test_run_grid_goes_by_tier_then_seed_and_commits_each_run(tmp_path, monkeypatch):
     """scripts/run_grid.py: tier 1 before tier 2, seeds interleaved within a tier, done runs skipped,
-    the to-do list split between workers, and each finished run committed alone."""
+    runs claimed by another worker left to it, this clone's own claims resumed first, and each finished
+    run committed alone."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import run_grid
     profile = {"matrix": [{"methods": ["seqft", "er"], "orders": ["order1"], "seeds": [0, 1], "tier": 1},
@@ -172,11 +173,16 @@ def test_run_grid_goes_by_tier_then_seed_and_commits_each_run(tmp_path, monkeypa
 
     monkeypatch.setattr(pipeline, "run_one", fake_run)
     (root / "untracked.txt").write_text("not part of any run")
-    run_grid.main(["--commit", "--max-tier", "1", "--worker", "1/2"])
-    assert ran == ["er-order1-s0", "seqft-order1-s1"]  # the second worker's half of tier 1's to-do list
+    claims = tmp_path / "claims"
+    claims.mkdir()
+    (claims / "matrix+seqft-order1-s0").write_text("/elsewhere/other-clone")
+    (claims / "matrix+seqft-order1-s1").write_text(str(root))  # claimed here before a restart
+    run_grid.main(["--commit", "--max-tier", "1", "--claims", str(claims)])
+    assert ran == ["seqft-order1-s1", "er-order1-s0", "lifealign-order1-s0-slmc_lambda0.0", "er-order1-s1"]
+    assert (claims / "matrix+er-order1-s1").read_text() == str(root)
+    ran.clear()
     run_grid.main(["--commit", "--max-tier", "2"])
-    assert ran[2:] == ["seqft-order1-s0", "lifealign-order1-s0-slmc_lambda0.0", "er-order1-s1",
-                       "er-order2-s0", "er-order2-s1"]  # done runs skipped
+    assert ran == ["seqft-order1-s0", "er-order2-s0", "er-order2-s1"]  # done runs skipped; no claims: all
     log = subprocess.run(["git", "log", "--format=%s", "--name-only"], cwd=root, capture_output=True, text=True).stdout
     assert log.count("smoke grid: ") == 7 and "untracked.txt" not in log
     assert "smoke grid: orders/er-order2-s1" in log and "results/smoke/orders/er-order2-s1/results.json" in log
