@@ -36,6 +36,7 @@ import torch
 import common
 from lifealign.config import load_config
 from lifealign.lora import add_lora, lora_parameters
+from lifealign.strategies.base import Stage
 from lifealign.strategies.ewc import EWCPlugin
 from lifealign.strategies.gem import GEMPlugin
 from lifealign.strategies.replay import Replay
@@ -60,14 +61,15 @@ def synthetic(args):
           f"{len(records)} pairs per task of {source}")
 
     slmc, replay, ewc, gem = SLMCPlugin(), Replay(), EWCPlugin(), GEMPlugin()
-    loop = SimpleNamespace(model=model, tasks={}, stage_records=records, task=None, task_index=None)
+    loop = SimpleNamespace(model=model, tasks={})
     gen = torch.Generator().manual_seed(0)
     stages, tasks = [], []
     for t in range(1, args.tasks + 1):
-        loop.task, loop.task_index = f"task{t}", t - 1
-        loop.tasks[loop.task] = SimpleNamespace(train=records)
-        for stage in STAGES:
-            replay.training_records(loop, stage, loop.task, records)
+        task = f"task{t}"
+        loop.tasks[task] = SimpleNamespace(train=records)
+        for kind in STAGES:
+            replay.training_records(loop, kind, task, records)
+            stage = Stage(kind, task, t - 1, records, loss=None, collate=None)  # no training here
             slmc.on_stage_start(loop, stage)
             with torch.no_grad():
                 for p in trainable.values():
@@ -76,7 +78,7 @@ def synthetic(args):
                 report = slmc.on_stage_end(loop, stage)
             ewc.consolidate(trainable, {n: torch.rand(p.shape, generator=gen) for n, p in trainable.items()})
             gem.on_stage_end(loop, stage)
-            stages.append({"task": t, "stage": stage, "slmc_s": tm.s, "history_mb": slmc.state_nbytes() / 2**20,
+            stages.append({"task": t, "stage": kind, "slmc_s": tm.s, "history_mb": slmc.state_nbytes() / 2**20,
                            "mean_kept_rank": report["mean_kept_rank"]})
         tasks.append({"task": t, "slmc": slmc.state_nbytes(), "replay": replay.state_nbytes(),
                       "ewc": ewc.state_nbytes(), "gem": gem.state_nbytes(), "olora": (t - 1) * lora_bytes,

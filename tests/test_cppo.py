@@ -10,6 +10,7 @@ import torch
 from lifealign.config import Config
 from lifealign.losses import dpo_loss
 from lifealign.strategies import build_strategy
+from lifealign.strategies.base import Stage
 from lifealign.strategies.cppo import (CATEGORIES, HIGH_PERFORMANCE, HIGH_VARIANCE, MIN_PAIRS, NOISY, NORMAL,
                                        OVERFITTING, CPPOPlugin, RunningMoments, cppo_categories, cppo_weights)
 from lifealign.training import collate_pairs
@@ -21,6 +22,7 @@ from test_run import run_cli
 REWARD = torch.tensor([3.0, -3.0, 3.0, -3.0, 0.0])
 LOGP = torch.tensor([3.0, 3.0, -3.0, -3.0, 0.0])
 EXPECTED = [HIGH_PERFORMANCE, OVERFITTING, HIGH_VARIANCE, NOISY, NORMAL]
+SFT, PREF = (Stage(kind, "t", 0, [], loss=None, collate=None) for kind in ("sft", "pref"))  # for direct hook calls
 
 
 def test_categories_and_weights_take_the_documented_values():
@@ -75,23 +77,23 @@ def _outputs(batch, chosen, rejected, beta=0.1, chosen_counts=None):
 
 def test_extra_loss_is_weighted_loss_plus_retention():
     plugin = CPPOPlugin(k=1.0, retention=0.1)
-    plugin.on_stage_start(SimpleNamespace(), "sft")  # resets stats; no scoring outside "pref"
+    plugin.on_stage_start(SimpleNamespace(), SFT)  # resets stats; no scoring outside "pref"
     batch = _batch(6)
     chosen = torch.randn(6, generator=torch.Generator().manual_seed(1)) - 5
     rejected = torch.randn(6, generator=torch.Generator().manual_seed(2)) - 5
     out = _outputs(batch, chosen, rejected)
-    extra = plugin.extra_loss(None, "pref", None, batch, out)
+    extra = plugin.extra_loss(None, PREF, None, batch, out)
     lengths = _chosen_lengths(batch)
     alpha, beta, _ = cppo_weights(out["margin"], chosen / lengths)
     retention = 0.1 * ((chosen - batch["old_chosen_logps"]) ** 2 + (rejected - batch["old_rejected_logps"]) ** 2)
     total = out["per_pair_loss"].mean() + extra
     assert torch.allclose(total, (alpha * out["per_pair_loss"]).mean() + (beta * retention).mean())
-    assert plugin.extra_loss(None, "sft", None, batch, {"logps": chosen}) is None  # plain SFT
+    assert plugin.extra_loss(None, SFT, None, batch, {"logps": chosen}) is None  # plain SFT
 
 
 def fresh(plugin):
     """The plugin at the start of a preference stage's statistics (what on_stage_start resets)."""
-    plugin.on_stage_start(SimpleNamespace(), "sft")
+    plugin.on_stage_start(SimpleNamespace(), SFT)
     return plugin
 
 
@@ -104,18 +106,18 @@ def test_retention_zero_when_policy_equals_old_and_formula_otherwise():
                 old_chosen_logps=torch.full((4,), -5.0), old_rejected_logps=torch.full((4,), -6.0))
     ones = torch.ones(4)  # equal lengths: equal per-token log-probs
     same = _outputs(flat, torch.full((4,), -5.0), torch.full((4,), -6.0), chosen_counts=ones)
-    assert plugin.extra_loss(None, "pref", None, flat, same).item() == 0.0
+    assert plugin.extra_loss(None, PREF, None, flat, same).item() == 0.0
     # chosen moved by 2, rejected by 1 on every pair: retention = 0.1 * (2^2 + 1^2)
     moved = _outputs(flat, torch.full((4,), -3.0), torch.full((4,), -7.0), chosen_counts=ones)
-    assert fresh(plugin).extra_loss(None, "pref", None, flat, moved).item() == pytest.approx(0.5)
+    assert fresh(plugin).extra_loss(None, PREF, None, flat, moved).item() == pytest.approx(0.5)
     # policy == old on a varied batch: the retention part is zero, what is left is mean((alpha-1) L)
     out = _outputs(batch, batch["old_chosen_logps"].clone(), batch["old_rejected_logps"].clone())
     lengths = _chosen_lengths(batch)
     alpha, _, _ = cppo_weights(out["margin"], out["chosen_logps"] / lengths)
-    extra = fresh(plugin).extra_loss(None, "pref", None, batch, out)
+    extra = fresh(plugin).extra_loss(None, PREF, None, batch, out)
     assert torch.allclose(extra, ((alpha - 1) * out["per_pair_loss"]).mean())
     plugin_no_alpha = fresh(CPPOPlugin(retention=0.1, lb=1.0, ub=1.0))  # weights all 1: only retention left
-    assert plugin_no_alpha.extra_loss(None, "pref", None, batch, out).item() == 0.0
+    assert plugin_no_alpha.extra_loss(None, PREF, None, batch, out).item() == 0.0
 
 
 def test_below_three_pairs_weights_are_one_with_a_warning():
@@ -125,17 +127,17 @@ def test_below_three_pairs_weights_are_one_with_a_warning():
     chosen = torch.tensor([-4.0], requires_grad=True)
     out = _outputs(batch, chosen, torch.tensor([-6.0]))
     with pytest.warns(UserWarning, match="fewer than 3"):
-        extra = plugin.extra_loss(None, "pref", None, batch, out)
+        extra = plugin.extra_loss(None, PREF, None, batch, out)
     retention = 0.1 * ((-4.0 - batch["old_chosen_logps"]) ** 2 + (-6.0 - batch["old_rejected_logps"]) ** 2)
     assert torch.isfinite(extra) and extra.item() == pytest.approx(retention.item())
     extra.backward()
     assert torch.isfinite(chosen.grad).all()
     with warnings.catch_warnings():  # once per stage; 2 pairs seen: still weight 1
         warnings.simplefilter("error")
-        assert plugin.extra_loss(None, "pref", None, batch, out).item() == pytest.approx(retention.item())
+        assert plugin.extra_loss(None, PREF, None, batch, out).item() == pytest.approx(retention.item())
     assert plugin.moments.count == 2
     with pytest.warns(UserWarning, match="fewer than 3"):  # a new stage warns again
-        fresh(plugin).extra_loss(None, "pref", None, batch, out)
+        fresh(plugin).extra_loss(None, PREF, None, batch, out)
 
 
 def _direct(margin, logp, loss=None):
@@ -153,7 +155,7 @@ def test_categories_use_the_running_statistics_of_the_stage_not_the_micro_batch(
     seen_r, seen_p = [], []
     for r, p in (([-1.0, 1.0, 0.0], [-1.0, 1.0, 0.0]), ([0.5, -0.5, 0.2], [0.3, -0.2, 0.1])):
         batch, out = _direct(r, p)
-        plugin.extra_loss(None, "pref", None, batch, out)
+        plugin.extra_loss(None, PREF, None, batch, out)
         seen_r += r
         seen_p += p
     # a micro-batch of two pairs far above everything seen: by its own mean +- std both pairs sit
@@ -162,7 +164,7 @@ def test_categories_use_the_running_statistics_of_the_stage_not_the_micro_batch(
     batch, out = _direct([5.0, 5.1], [5.0, 5.1])
     seen_r += [5.0, 5.1]
     seen_p += [5.0, 5.1]
-    extra = plugin.extra_loss(None, "pref", None, batch, out)
+    extra = plugin.extra_loss(None, PREF, None, batch, out)
     assert extra.item() == pytest.approx(1.0)
     r, p = torch.tensor(seen_r, dtype=torch.float64), torch.tensor(seen_p, dtype=torch.float64)
     expected = (r.mean(), r.std(unbiased=False), p.mean(), p.std(unbiased=False))
@@ -170,7 +172,7 @@ def test_categories_use_the_running_statistics_of_the_stage_not_the_micro_batch(
     assert plugin.moments.stats() == pytest.approx([float(x) for x in expected])
     own = cppo_weights(torch.tensor([5.0, 5.1]), torch.tensor([5.0, 5.1]))[0]
     assert own.tolist() != [2.0, 2.0]  # what a per-micro-batch statistic would have given
-    report = plugin.on_stage_end(None, "pref")
+    report = plugin.on_stage_end(None, PREF)
     assert report["pairs_seen"] == 8 and report["categories"]["high_performance"] >= 2
     assert report["reward_mean"] == pytest.approx(float(expected[0]))
 
@@ -216,10 +218,10 @@ def cppo_run(fake_release, tmp_path_factory):
 
     def spy(self, loop, stage):
         original(self, loop, stage)
-        if stage == "pref":
+        if stage.name == "pref":
             first = loop.tasks[loop.order[0]].train[0]
-            seen.append({"task": loop.task, "old": [r["old"] for r in loop.stage_records],
-                         "first_task_pair": first.get("old"), "ref": [r["ref"] for r in loop.stage_records]})
+            seen.append({"task": stage.task, "old": [r["old"] for r in stage.records],
+                         "first_task_pair": first.get("old"), "ref": [r["ref"] for r in stage.records]})
 
     mod.CPPOPlugin.on_stage_start = spy
     try:
@@ -266,17 +268,16 @@ def test_pi_old_is_the_previous_task_end_not_after_sft(fake_release, tmp_path):
     plugin = loop.strategy.plugin("cppo")
     records = loop.tasks["safe-rlhf"].train[:4]
     loop.ref_cache.fill(loop.model, records, loop.pad_id, 4, "fp32")
-    loop.stage_records = records
     plugin.on_task_start(loop, "safe-rlhf")
     lora_b = [p for n, p in loop.model.named_parameters() if "lora_B" in n]
     with torch.no_grad():
         for p in lora_b:
             p.add_(0.05)  # "the SFT stage moved the policy"
     moved = [p.detach().clone() for p in lora_b]
-    plugin.on_stage_start(loop, "pref")
+    plugin.on_stage_start(loop, Stage("pref", "safe-rlhf", 0, records, loss=None, collate=None))
     assert _flat(r["old"] for r in records) == pytest.approx(_flat(r["ref"] for r in records), abs=1e-4)
     assert all(torch.equal(p, m) for p, m in zip(lora_b, moved))  # current weights put back
     # the next task: snapshot of the moved policy -> pi_old changes
     plugin.on_task_start(loop, "next")
-    plugin.on_stage_start(loop, "pref")
+    plugin.on_stage_start(loop, Stage("pref", "next", 1, records, loss=None, collate=None))
     assert _flat(r["old"] for r in records) != pytest.approx(_flat(r["ref"] for r in records), abs=1e-3)

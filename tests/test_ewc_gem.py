@@ -10,7 +10,7 @@ from torch import nn
 
 from lifealign.config import ConfigError, MethodConfig, load_config
 from lifealign.strategies import METHODS, build_strategy
-from lifealign.strategies.base import Strategy
+from lifealign.strategies.base import Stage, Strategy
 from lifealign.strategies.ewc import EWCPlugin, empirical_fisher, ewc_penalty
 from lifealign.strategies.gem import AGEMPlugin, GEMPlugin, agem_project, flat_grad, gem_project, memory_gradient
 from lifealign.training import trainable_parameters
@@ -47,11 +47,14 @@ def toy_records(n, seed):
              "prompt": f"q{seed}-{i}", "chosen": "yes", "rejected": "no"} for i in range(n)]
 
 
-def fake_loop(model, task="t_new", task_index=2, records=None, tasks=None):
+def fake_loop(model, tasks=None):
     return SimpleNamespace(model=model, cfg=SimpleNamespace(sft=SimpleNamespace(batch_size=3),
                                                             pref=SimpleNamespace(batch_size=3)),
-                           task=task, task_index=task_index, stage_records=records or [], collate=toy_collate,
-                           stage_loss=toy_loss, autocast=contextlib.nullcontext, tasks=tasks or {})
+                           autocast=contextlib.nullcontext, tasks=tasks or {})
+
+
+def toy_stage(kind, task="t_new", task_index=2, records=None, loss=toy_loss):
+    return Stage(kind, task, task_index, records or [], loss, toy_collate)
 
 
 def roundtrip(state):
@@ -100,9 +103,10 @@ def test_ewc_fisher_accumulates_over_stages_and_anchors_at_the_stage_end():
     params = trainable_parameters(model)
     recs1, recs2 = toy_records(6, seed=1), toy_records(6, seed=2)
 
-    loop = fake_loop(model, task="t1", task_index=0, records=recs1)
-    assert plugin.extra_loss(loop, "sft", model, None, None) is None  # nothing consolidated yet
-    plugin.on_stage_end(loop, "sft")
+    loop = fake_loop(model)
+    stage1 = toy_stage("sft", task="t1", task_index=0, records=recs1)
+    assert plugin.extra_loss(loop, stage1, model, None, None) is None  # nothing consolidated yet
+    plugin.on_stage_end(loop, stage1)
     f1 = {n: f.clone() for n, f in plugin.fisher.items()}
     sum1 = sum(float(f.sum()) for f in f1.values())
     assert torch.equal(plugin.anchor["lora_A"], model.lora_A.detach())
@@ -110,18 +114,18 @@ def test_ewc_fisher_accumulates_over_stages_and_anchors_at_the_stage_end():
     with torch.no_grad():  # "train" the next task: the parameters move
         model.lora_A.add_(0.3)
         model.lora_B.sub_(0.2)
-    loop2 = fake_loop(model, task="t2", task_index=1, records=recs2)
-    examples2 = plugin.fisher_examples(loop2, "pref")
+    stage2 = toy_stage("pref", task="t2", task_index=1, records=recs2)
+    examples2 = plugin.fisher_examples(stage2)
     assert len(examples2) == 4
     f2 = empirical_fisher(model, params, examples2, toy_collate, toy_loss, contextlib.nullcontext)
-    report = plugin.on_stage_end(loop2, "pref")
+    report = plugin.on_stage_end(loop, stage2)
     sum2 = sum(float(f.sum()) for f in plugin.fisher.values())
     assert sum2 > sum1 and report["consolidations"] == 2
     for n in params:
         assert torch.allclose(plugin.fisher[n], f1[n] + f2[n], rtol=1e-6, atol=1e-9)  # F1 + F2, not F2
         assert torch.equal(plugin.anchor[n], params[n].detach())  # anchored at the end of stage 2
 
-    plugin.on_task_end(loop2, "t2")  # the stage scope does nothing more at a task's end
+    plugin.on_task_end(loop, "t2")  # the stage scope does nothing more at a task's end
     assert plugin.consolidations == 2
 
     decayed = EWCPlugin(gamma=0.5, fisher_samples=4)
@@ -144,26 +148,26 @@ def test_ewc_task_scope_anchors_once_per_task_and_sums_both_stages_fishers():
     params = trainable_parameters(model)
     plugin = EWCPlugin(lam=2.0, fisher_samples=4, seed=0)
     sft_recs, pref_recs = toy_records(6, seed=1), toy_records(6, seed=2)
-    sft_loop = fake_loop(model, task="t1", task_index=0, records=sft_recs)
-    sft_loop.stage_loss = toy_sft_loss
-    plugin.on_task_start(sft_loop, "t1")
-    plugin.on_stage_start(sft_loop, "sft")
-    report = plugin.on_stage_end(sft_loop, "sft")
+    loop = fake_loop(model)
+    sft = toy_stage("sft", task="t1", task_index=0, records=sft_recs, loss=toy_sft_loss)
+    plugin.on_task_start(loop, "t1")
+    plugin.on_stage_start(loop, sft)
+    report = plugin.on_stage_end(loop, sft)
     assert plugin.fisher == {} and plugin.anchor == {} and report["consolidations"] == 0
     with torch.no_grad():  # the preference stage trains
         model.lora_A.add_(0.3)
-    pref_loop = fake_loop(model, task="t1", task_index=0, records=pref_recs)
-    plugin.on_stage_start(pref_loop, "pref")
-    assert plugin.extra_loss(pref_loop, "pref", model, None, None) is None  # no pull to t1's SFT end
-    plugin.on_stage_end(pref_loop, "pref")
+    pref = toy_stage("pref", task="t1", task_index=0, records=pref_recs)
+    plugin.on_stage_start(loop, pref)
+    assert plugin.extra_loss(loop, pref, model, None, None) is None  # no pull to t1's SFT end
+    plugin.on_stage_end(loop, pref)
     assert plugin.consolidations == 0
     with torch.no_grad():  # parameters at the task's end differ from the preference stage's end
         model.lora_B.sub_(0.2)
-    plugin.on_task_end(pref_loop, "t1")
+    plugin.on_task_end(loop, "t1")
     assert plugin.consolidations == 1
-    f_sft = empirical_fisher(model, params, plugin.fisher_examples(sft_loop, "sft"), toy_collate, toy_sft_loss,
+    f_sft = empirical_fisher(model, params, plugin.fisher_examples(sft), toy_collate, toy_sft_loss,
                              contextlib.nullcontext)
-    f_pref = empirical_fisher(model, params, plugin.fisher_examples(pref_loop, "pref"), toy_collate, toy_loss,
+    f_pref = empirical_fisher(model, params, plugin.fisher_examples(pref), toy_collate, toy_loss,
                               contextlib.nullcontext)
     for n in params:
         assert torch.allclose(plugin.fisher[n], f_sft[n] + f_pref[n], rtol=1e-6, atol=1e-9)
@@ -172,14 +176,14 @@ def test_ewc_task_scope_anchors_once_per_task_and_sums_both_stages_fishers():
     # the next task: both stages pulled towards the one anchor; a second task end accumulates
     with torch.no_grad():
         model.lora_A.add_(0.1)
-    loop2 = fake_loop(model, task="t2", task_index=1, records=toy_records(6, seed=3))
-    plugin.on_task_start(loop2, "t2")
-    for stage in ("sft", "pref"):
-        plugin.on_stage_start(loop2, stage)
-        assert plugin.extra_loss(loop2, stage, model, None, None) > 0
-        plugin.on_stage_end(loop2, stage)
+    plugin.on_task_start(loop, "t2")
+    for kind in ("sft", "pref"):
+        stage = toy_stage(kind, task="t2", task_index=1, records=toy_records(6, seed=3))
+        plugin.on_stage_start(loop, stage)
+        assert plugin.extra_loss(loop, stage, model, None, None) > 0
+        plugin.on_stage_end(loop, stage)
     first = {n: f.clone() for n, f in plugin.fisher.items()}
-    plugin.on_task_end(loop2, "t2")
+    plugin.on_task_end(loop, "t2")
     assert plugin.consolidations == 2
     assert all((plugin.fisher[n] >= first[n]).all() and not torch.equal(plugin.fisher[n], first[n]) for n in params)
     with pytest.raises(ValueError, match="ewc_scope"):
@@ -190,18 +194,18 @@ def test_ewc_task_scope_anchors_once_per_task_and_sums_both_stages_fishers():
 def test_ewc_state_survives_save_and_load():
     model = ToyLoRA()
     plugin = EWCPlugin(lam=5.0, fisher_samples=3, scope="stage")
-    plugin.on_stage_end(fake_loop(model, task="t1", task_index=0, records=toy_records(5, 4)), "sft")
+    plugin.on_stage_end(fake_loop(model), toy_stage("sft", task="t1", task_index=0, records=toy_records(5, 4)))
     with torch.no_grad():
         model.lora_B.add_(0.1)
-    loop = fake_loop(model)
-    before = plugin.extra_loss(loop, "pref", model, None, None)
+    loop, stage = fake_loop(model), toy_stage("pref")
+    before = plugin.extra_loss(loop, stage, model, None, None)
     assert before > 0
     restored = EWCPlugin(lam=5.0, fisher_samples=3, scope="stage")
     restored.load_state_dict(roundtrip(plugin.state_dict()))
     assert restored.consolidations == 1
     for n in plugin.fisher:
         assert torch.equal(restored.fisher[n], plugin.fisher[n]) and torch.equal(restored.anchor[n], plugin.anchor[n])
-    assert torch.equal(restored.extra_loss(loop, "pref", model, None, None), before)
+    assert torch.equal(restored.extra_loss(loop, stage, model, None, None), before)
     assert restored.state_nbytes() == plugin.state_nbytes() == 2 * 4 * (6 + 8)
 
 
@@ -243,15 +247,16 @@ def _memory_setup(plugin_cls, **kwargs):
     model = ToyLoRA()
     plugin = plugin_cls(memory_size=4, **kwargs)
     earlier = {"t1": toy_records(6, seed=11), "t2": toy_records(6, seed=12)}
+    loop = fake_loop(model)
     for i, (task, recs) in enumerate(earlier.items()):  # each earlier task's stage end adds its memory
-        plugin.on_stage_end(fake_loop(model, task=task, task_index=i, records=recs, tasks={}), "sft")
+        plugin.on_stage_end(loop, toy_stage("sft", task=task, task_index=i, records=recs))
     assert [len(m) for m in plugin.memories["sft"].values()] == [4, 4]
-    loop = fake_loop(model, task="t3", task_index=2)
-    plugin.on_stage_start(loop, "sft")
+    stage = toy_stage("sft", task="t3", task_index=2)
+    plugin.on_stage_start(loop, stage)
     params = list(trainable_parameters(model).values())
     mem_grads = [memory_gradient(model, params, recs, toy_collate, toy_loss, contextlib.nullcontext, 3)
                  for recs in plugin.memories["sft"].values()]
-    return model, plugin, loop, params, mem_grads
+    return model, plugin, loop, stage, params, mem_grads
 
 
 def _set_grad(params, flat):
@@ -261,11 +266,11 @@ def _set_grad(params, flat):
         offset += p.numel()
 
 
-def _step(model, plugin, loop, params, g, lr=0.1):
+def _step(model, plugin, loop, stage, params, g, lr=0.1):
     """One optimizer step as the trainer runs it: grads set, hook, SGD step. Returns (update, grad seen)."""
     _set_grad(params, g)
     before = torch.cat([p.detach().reshape(-1).clone() for p in params])
-    plugin.before_optimizer_step(loop, "sft", model)
+    plugin.before_optimizer_step(loop, stage, model)
     applied = flat_grad(params)
     torch.optim.SGD(params, lr=lr).step()
     after = torch.cat([p.detach().reshape(-1) for p in params])
@@ -275,15 +280,15 @@ def _step(model, plugin, loop, params, g, lr=0.1):
 @pytest.mark.parametrize("kind", ["gem", "agem"])
 def test_projection_is_applied_by_the_optimizer(kind):
     if kind == "gem":
-        model, plugin, loop, params, mem = _memory_setup(GEMPlugin, margin=0.5)
+        model, plugin, loop, stage, params, mem = _memory_setup(GEMPlugin, margin=0.5)
     else:
-        model, plugin, loop, params, mem = _memory_setup(AGEMPlugin, sample_size=100)
+        model, plugin, loop, stage, params, mem = _memory_setup(AGEMPlugin, sample_size=100)
     g_ref = memory_gradient(model, params, [r for m in plugin.memories["sft"].values() for r in m], toy_collate,
                             toy_loss, contextlib.nullcontext, 3)
     g = -(mem[0] + mem[1]) + 0.05 * torch.randn(mem[0].numel(), generator=torch.Generator().manual_seed(0))
     assert torch.dot(g, mem[0]) < 0 and torch.dot(g, mem[1]) < 0 and torch.dot(g, g_ref) < 0
     lr = 0.1
-    update, applied = _step(model, plugin, loop, params, g, lr)
+    update, applied = _step(model, plugin, loop, stage, params, g, lr)
     assert plugin._stats["projected"] == 1
     expected = gem_project(g, torch.stack(mem), 0.5)[0] if kind == "gem" else agem_project(g, g_ref)[0]
     assert torch.allclose(applied, expected, atol=1e-6)
@@ -300,7 +305,7 @@ def test_the_papers_optimizer_sgd_steps_by_minus_lr_times_the_projected_gradient
     """The optimizer comes from the plugin (Strategy.make_optimizer): plain SGD at method.sgd_lr, so
     the parameter update is exactly -sgd_lr * g~; `projection_optimizer=adamw` leaves the runner's."""
     cls, extra = (GEMPlugin, {"margin": 0.5}) if kind == "gem" else (AGEMPlugin, {"sample_size": 100})
-    model, plugin, loop, params, mem = _memory_setup(cls, sgd_lr=0.07, **extra)
+    model, plugin, loop, stage, params, mem = _memory_setup(cls, sgd_lr=0.07, **extra)
     strategy = Strategy(kind, "dpo", [plugin])
     opt = strategy.make_optimizer(loop, "sft", params, SimpleNamespace(lr=2e-4))
     assert type(opt) is torch.optim.SGD and len(opt.param_groups) == 1
@@ -310,7 +315,7 @@ def test_the_papers_optimizer_sgd_steps_by_minus_lr_times_the_projected_gradient
     g = -(mem[0] + mem[1])
     _set_grad(params, g)
     before = torch.cat([p.detach().reshape(-1).clone() for p in params])
-    plugin.before_optimizer_step(loop, "sft", model)
+    plugin.before_optimizer_step(loop, stage, model)
     projected = flat_grad(params)
     assert plugin._stats["projected"] == 1 and not torch.allclose(projected, g)
     for _ in range(2):  # stateless: the second step is -lr * g~ again, no momentum or moments
@@ -339,10 +344,10 @@ def test_projection_optimizer_options_reach_the_plugins():
 
 @pytest.mark.parametrize("plugin_cls", [GEMPlugin, AGEMPlugin])
 def test_no_projection_without_conflict(plugin_cls):
-    model, plugin, loop, params, mem = _memory_setup(plugin_cls)
+    model, plugin, loop, stage, params, mem = _memory_setup(plugin_cls)
     g = mem[0] + mem[1]
     assert torch.dot(g, mem[0]) > 0 and torch.dot(g, mem[1]) > 0
-    update, applied = _step(model, plugin, loop, params, g, lr=0.1)
+    update, applied = _step(model, plugin, loop, stage, params, g, lr=0.1)
     assert torch.equal(applied, g)  # the memory passes left the gradient exactly as it was
     assert torch.allclose(update, -0.1 * g, atol=1e-7)
     assert plugin._stats["projected"] == 0 and plugin._stats["steps"] == 1
@@ -351,28 +356,28 @@ def test_no_projection_without_conflict(plugin_cls):
 def test_first_task_and_own_task_memory_are_not_constraints():
     model = ToyLoRA()
     plugin = GEMPlugin(memory_size=4)
-    loop = fake_loop(model, task="t1", task_index=0, records=toy_records(5, 1))
-    plugin.on_stage_start(loop, "sft")
+    loop, stage = fake_loop(model), toy_stage("sft", task="t1", task_index=0, records=toy_records(5, 1))
+    plugin.on_stage_start(loop, stage)
     params = list(trainable_parameters(model).values())
     g = torch.randn(sum(p.numel() for p in params))
-    update, applied = _step(model, plugin, loop, params, g)
+    update, applied = _step(model, plugin, loop, stage, params, g)
     assert torch.equal(applied, g)
-    report = plugin.on_stage_end(loop, "sft")
+    report = plugin.on_stage_end(loop, stage)
     assert report["memory_tasks"] == [] and report["memory_added"] == 4
-    assert plugin._earlier(loop, "sft") == {}  # t1's own memory never constrains t1
-    assert plugin._earlier(loop, "pref") == {}  # nor does an SFT memory constrain a preference stage
+    assert plugin._earlier(stage) == {}  # t1's own memory never constrains t1
+    assert plugin._earlier(toy_stage("pref", task="t2", task_index=1)) == {}  # nor an SFT memory a preference stage
 
 
 @pytest.mark.parametrize("plugin_cls", [GEMPlugin, AGEMPlugin])
 def test_memories_survive_save_and_load(plugin_cls):
-    model, plugin, loop, params, mem = _memory_setup(plugin_cls)
+    model, plugin, loop, stage, params, mem = _memory_setup(plugin_cls)
     restored = plugin_cls(memory_size=4)
     restored.load_state_dict(roundtrip(plugin.state_dict()))
     assert restored.memories == plugin.memories and restored.state_nbytes() == plugin.state_nbytes() > 0
-    restored.on_stage_start(loop, "sft")
+    restored.on_stage_start(loop, stage)
     g = -(mem[0] + mem[1])
-    _, applied_a = _step(model, plugin, loop, params, g, lr=0.0)
-    _, applied_b = _step(model, restored, loop, params, g, lr=0.0)
+    _, applied_a = _step(model, plugin, loop, stage, params, g, lr=0.0)
+    _, applied_b = _step(model, restored, loop, stage, params, g, lr=0.0)
     assert torch.equal(applied_a, applied_b) and not torch.equal(applied_a, g)
 
 

@@ -19,6 +19,7 @@ from lifealign.models import load_model
 from lifealign.reference import score_pairs
 from lifealign.runner import ContinualLoop
 from lifealign.strategies import build_strategy
+from lifealign.strategies.base import Stage
 from lifealign.strategies.l2p import L2P, PromptPool
 from lifealign.strategies.olora import OLoRA, orthogonality_penalty
 from lifealign.training import collate_pairs, encode_records
@@ -29,6 +30,7 @@ TARGETS = ["q_proj", "v_proj"]
 # end-to-end runs on few pairs (one step per epoch, so no warmup: the first step must move), fast
 SMALL = ["data.n_train=4", "data.n_test=3", "sft.warmup_ratio=0", "pref.warmup_ratio=0",
          "sft.scheduler=constant", "pref.scheduler=constant"]
+SFT, PREF = (Stage(kind, "t", 0, [], loss=None, collate=None) for kind in ("sft", "pref"))  # for direct hook calls
 
 
 def tiny_peft(seed=0):
@@ -96,12 +98,12 @@ def test_olora_penalty_zero_for_orthogonal_adapters_positive_otherwise():
                 a.zero_()
                 for j in range(8):
                     a[j, block * 8 + j] = 1.0 + j + block
-    loss = plugin.extra_loss(loop, "pref", model, None, None)
+    loss = plugin.extra_loss(loop, PREF, model, None, None)
     assert loss.item() == 0.0
     # one entry of the newest A on coordinate 3 overlaps row 3 of "default" (value 1 + 3 + 0 = 4)
     with torch.no_grad():
         layers[0].lora_A["olora2"].weight[5, 3] = -0.5
-    loss = plugin.extra_loss(loop, "pref", model, None, None)
+    loss = plugin.extra_loss(loop, PREF, model, None, None)
     assert loss.item() == pytest.approx(0.1 * abs(-0.5 * 4.0), rel=1e-6)
     # the gradient reaches the newest A only (the earlier ones are frozen)
     loss.backward()
@@ -115,7 +117,7 @@ def test_olora_l2_term():
                                   for layer in lora_layers(model) for s in ("default", "olora1")])
     squares = sum(float(p.detach().square().sum()) for p in adapter_parameters(model, "olora2").values())
     assert squares > 0 and len(adapter_parameters(model, "olora2")) == 8  # A and B of 4 layers
-    loss = plugin.extra_loss(loop, "sft", model, None, None)
+    loss = plugin.extra_loss(loop, SFT, model, None, None)
     assert loss.item() == pytest.approx(0.1 * orth.item() + 0.01 * squares, rel=1e-5)
 
 
@@ -149,7 +151,7 @@ def test_olora_trainable_set_active_adapters_and_reference():
     # leaving disable_adapter() makes every ACTIVE adapter trainable again (peft); the runner runs the
     # reference pass before each preference stage, and the stage start freezes the earlier ones again
     assert len(trainable(model)) == 24
-    plugin.on_stage_start(loop, "pref")
+    plugin.on_stage_start(loop, PREF)
     assert trainable(model) == sorted(adapter_parameters(model, "olora2"))
 
 
@@ -374,7 +376,7 @@ def test_l2p_trains_only_the_pool_and_restores():
     assert trainable(model) == pool_names
     score_pairs(model, records, tokenizer.pad_token_id, use_adapter=False)  # the runner's reference pass
     assert len(trainable(model)) == 2 + 8  # peft made the LoRA adapter trainable again ...
-    plugin.on_stage_start(loop, "sft")
+    plugin.on_stage_start(loop, SFT)
     assert trainable(model) == pool_names  # ... and the stage start freezes it
     lora_before = {n: p.detach().clone() for n, p in lora_parameters(model).items()}
     pool_before = {k: v.clone() for k, v in plugin.state_dict().items() if k != "usage"}
@@ -383,11 +385,11 @@ def test_l2p_trains_only_the_pool_and_restores():
     model.train()
     for _ in range(2):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = logits.float().logsumexp(-1).mean() + plugin.extra_loss(loop, "sft", model, batch, {})
+        loss = logits.float().logsumexp(-1).mean() + plugin.extra_loss(loop, SFT, model, batch, {})
         opt.zero_grad()
         loss.backward()
         opt.step()
-    report = plugin.on_stage_end(loop, "sft")
+    report = plugin.on_stage_end(loop, SFT)
     assert sum(report["prompt_usage"]) == 2 * 2 * len(records) * 3 and report["query_fallbacks"] == 0
     assert all(torch.equal(p, lora_before[n]) for n, p in lora_parameters(model).items())
     state = plugin.state_dict()

@@ -35,6 +35,7 @@ from .progress import RunProgress, after_stage_label, task_stages
 from .reference import ReferenceCache, autocast
 from .run_code import RUN_CODE_VERSION
 from .strategies import build_strategy
+from .strategies.base import Stage
 from .training import (STAGES, ListDataset, StageTrainer, collate_pairs, collate_sft, encode_records,
                        example_lengths, make_preference_loss, pair_tokens, sft_loss, stage_seed, trainable_parameters,
                        training_arguments)
@@ -58,7 +59,8 @@ def adapter_digest(model):
 
 
 class ContinualLoop:
-    """Holds what the strategy hooks may look at: cfg, model, tokenizer, the task and stage."""
+    """Holds what the strategy hooks may look at: cfg, model, tokenizer and the task under way
+    (`task`, `task_index`); the stage hooks also get the stage (`strategies.base.Stage`)."""
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -76,7 +78,6 @@ class ContinualLoop:
             trl_engine.check_strategy(self.strategy)
         self.task_index = None
         self.task = None
-        self.stage = None
         self.optimizers = {}
         self.timings = {}
         self.progress = RunProgress(self.out, enabled=False)  # run() starts the real one
@@ -216,8 +217,8 @@ class ContinualLoop:
         record = {"task": name, "stages": {}}
         self.strategy.dispatch("on_task_start", self, name)
         stages = STAGES if cfg.method.sft else ("pref",)
-        for stage in stages:
-            record["stages"][stage] = self._train_stage(index, stage, name, train_records)
+        for kind in stages:
+            record["stages"][kind] = self._train_stage(index, kind, name, train_records)
         self.strategy.dispatch("on_task_end", self, name)
 
         t0 = time.perf_counter()
@@ -232,36 +233,34 @@ class ContinualLoop:
         self.progress.task_done()
         _barrier()
 
-    def _train_stage(self, index, stage, name, train_records):
+    def _train_stage(self, index, kind, name, train_records):
         cfg = self.cfg
-        stage_cfg = getattr(cfg, stage)
-        self.stage = stage
-        self.progress.stage(stage)
-        records = self.strategy.training_records(self, stage, name, train_records)
-        if stage == "pref":
+        stage_cfg = getattr(cfg, kind)
+        self.progress.stage(kind)
+        records = self.strategy.training_records(self, kind, name, train_records)
+        if kind == "pref":
             self.ref_cache.fill(self.model, records, self.pad_id, cfg.eval.batch_size, self.precision,
                                 write=self.is_main)
+        if kind == "sft":
+            loss, collate = sft_loss, lambda ex: collate_sft(ex, self.pad_id)
+        else:
+            loss = self.preference_loss
+            collate = lambda ex: collate_pairs(ex, self.pad_id, self.strategy.share_prompt)  # noqa: E731
+        stage = Stage(kind, name, index, records, loss, collate)
         self.strategy.dispatch("on_stage_start", self, stage)
         self.model.train()
-        seed = stage_seed(cfg.seed, index, stage)
+        seed = stage_seed(cfg.seed, index, kind)
         args = training_arguments(stage_cfg, self.out / "trainer", seed, self.precision,
                                   False, self.device)  # the stage's bar is self.progress's
-        if stage == "sft":
-            stage_loss = sft_loss
-            collate = lambda ex: collate_sft(ex, self.pad_id)  # noqa: E731
-        else:
-            stage_loss = self.preference_loss
-            collate = lambda ex: collate_pairs(ex, self.pad_id, self.strategy.share_prompt)  # noqa: E731
-        self.stage_records, self.stage_loss, self.collate = records, stage_loss, collate
-        if stage == "pref" and cfg.engine == "trl":  # TRL's DPOTrainer as the preference stage
+        if kind == "pref" and cfg.engine == "trl":  # TRL's DPOTrainer as the preference stage
             trainer = trl_engine.preference_trainer(self, records, stage_cfg, seed)
         else:
             trainer = StageTrainer(
                 model=self.model, args=args, train_dataset=ListDataset(records), data_collator=collate,
-                optimizers=(self._optimizer(stage, stage_cfg), None), stage_loss=stage_loss,
+                optimizers=(self._optimizer(kind, stage_cfg), None), stage_loss=loss,
                 extra_loss=lambda model, batch, outputs: self.strategy.extra_loss(self, stage, model, batch, outputs),
                 before_optimizer_step=lambda: self.strategy.dispatch("before_optimizer_step", self, stage, self.model),
-                lengths=example_lengths(records, stage) if cfg.group_by_length else None,
+                lengths=example_lengths(records, kind) if cfg.group_by_length else None,
             )
         trainer.add_callback(self.progress.callback(lambda: getattr(trainer, "tokens_seen", 0) * self.world_size))
         t0 = time.perf_counter()
@@ -282,16 +281,16 @@ class ContinualLoop:
             "plugins": reports,
         }
 
-    def _optimizer(self, stage, stage_cfg):
+    def _optimizer(self, kind, stage_cfg):
         """One optimizer per stage kind for the whole run: its state carries over between tasks; the
         LR schedule restarts with each trainer. AdamW at the stage's learning rate
         unless the strategy builds its own (`Strategy.make_optimizer`)."""
         params = list(trainable_parameters(self.model).values())
-        opt = self.optimizers.get(stage)
+        opt = self.optimizers.get(kind)
         if opt is None or {id(p) for g in opt.param_groups for p in g["params"]} != {id(p) for p in params}:
-            opt = (self.strategy.make_optimizer(self, stage, params, stage_cfg)
+            opt = (self.strategy.make_optimizer(self, kind, params, stage_cfg)
                    or torch.optim.AdamW(params, lr=stage_cfg.lr, weight_decay=0.0))
-            self.optimizers[stage] = opt
+            self.optimizers[kind] = opt
         return opt
 
     # ---------------------------------------------------------------- save / restore
@@ -324,8 +323,8 @@ class ContinualLoop:
         if set(weights) != set(params):
             raise RuntimeError(f"{task_dir}/lora.safetensors does not match the model's LoRA matrices")
         copy_into(params, weights)
-        for stage, opt_state in state["optimizers"].items():
-            self._optimizer(stage, getattr(self.cfg, stage)).load_state_dict(opt_state)
+        for kind, opt_state in state["optimizers"].items():
+            self._optimizer(kind, getattr(self.cfg, kind)).load_state_dict(opt_state)
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])

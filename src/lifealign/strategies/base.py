@@ -4,28 +4,46 @@ The loop (`lifealign.runner`) calls, for each task of the order, through `Strate
 (every plugin in turn) or the Strategy method that combines the plugins' results:
 
     on_task_start(loop, task)
-    for stage in ("sft", "pref"):
-        records = training_records(loop, stage, task, records)
+    for kind in ("sft", "pref"):
+        records = training_records(loop, kind, task, records)
+        stage = Stage(kind, task, task_index, records, loss, collate)
         on_stage_start(loop, stage)
-        ...training, where each step's loss gets `extra_loss(...)` added and
-           `before_optimizer_step(...)` runs between backward and the optimizer step...
+        ...training, where each step's loss gets `extra_loss(loop, stage, model, batch, outputs)`
+           added and `before_optimizer_step(loop, stage, model)` runs between backward and the
+           optimizer step...
         report = on_stage_end(loop, stage)
     on_task_end(loop, task)
 
 and `on_restore(loop)` after a restart has loaded the plugins' state.
 
 The optimizer of each stage kind is built once per run (its state carries over between tasks) by
-`make_optimizer(loop, stage, params, stage_cfg)`: the first plugin that returns one decides, else the
-runner's AdamW at the stage's learning rate. It is built again when the trainable parameters change.
+`make_optimizer(loop, kind, params, stage_cfg)`: the first plugin that returns one decides, else the
+runner's AdamW at the stage's learning rate. It is built again when the trainable parameters change,
+and on a restart, outside any stage.
 
-Hooks see the loop (`lifealign.runner.ContinualLoop`): `loop.model` (the PEFT model), `loop.cfg`,
-`loop.task`, `loop.task_index`, `loop.stage`, and during a stage `loop.stage_records`,
-`loop.stage_loss(model, batch) -> (loss, outputs)` and `loop.collate(records) -> batch`.
+Hooks see the loop (`lifealign.runner.ContinualLoop`) with what holds for the whole run: `loop.model`
+(the PEFT model), `loop.cfg`, `loop.tasks`, `loop.pad_id`, `loop.autocast()`, ..., and the task under
+way, `loop.task` and `loop.task_index`. The stage hooks also get the `Stage`: its kind, task and
+training records and the loss and collate function it trains with.
 
 A method is a `Strategy`: a preference loss and a list of plugins that implement some of these
 hooks. A new method is a new file that registers a builder in `METHODS`. A plugin's settings are
 its `options`: keys of the config's `method` section, declared once with their defaults.
 """
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage of one task, as the stage hooks see it."""
+
+    name: str            # the stage kind: "sft" or "pref"
+    task: str            # the task's name ("joint" for a joint method)
+    task_index: int      # the task's position in the order, from 0
+    records: list        # the stage's training records (from `training_records`: replayed rows too)
+    loss: Callable       # (model, batch) -> (loss, outputs): the stage's training loss
+    collate: Callable    # (records) -> batch, as the stage's trainer batches them
 
 
 def records_nbytes(records):
@@ -61,7 +79,7 @@ class Plugin:
     def on_task_start(self, loop, task):
         pass
 
-    def training_records(self, loop, stage, task, records):
+    def training_records(self, loop, kind, task, records):
         return records
 
     def on_stage_start(self, loop, stage):
@@ -73,9 +91,9 @@ class Plugin:
     def before_optimizer_step(self, loop, stage, model):
         pass
 
-    def make_optimizer(self, loop, stage, params, stage_cfg):
-        """The optimizer for `params` (the trainable parameters) in this stage kind, or None for the
-        runner's default."""
+    def make_optimizer(self, loop, kind, params, stage_cfg):
+        """The optimizer for `params` (the trainable parameters) in stage kind `kind`, or None for
+        the runner's default."""
         return None
 
     def on_stage_end(self, loop, stage):
@@ -121,10 +139,10 @@ class Strategy:
         whose results combine have their own method below."""
         return {p.name: getattr(p, hook)(*args) for p in self.plugins}
 
-    def training_records(self, loop, stage, task, records):
-        """Each plugin's records from the previous one's (replay adds its memory, CPPO scores them)."""
+    def training_records(self, loop, kind, task, records):
+        """Each plugin's records from the previous one's (replay adds its memory)."""
         for p in self.plugins:
-            records = p.training_records(loop, stage, task, records)
+            records = p.training_records(loop, kind, task, records)
         return records
 
     def extra_loss(self, loop, stage, model, batch, outputs):
@@ -132,9 +150,9 @@ class Strategy:
         terms = [t for t in self.dispatch("extra_loss", loop, stage, model, batch, outputs).values() if t is not None]
         return sum(terms[1:], terms[0]) if terms else None
 
-    def make_optimizer(self, loop, stage, params, stage_cfg):
+    def make_optimizer(self, loop, kind, params, stage_cfg):
         """The first plugin's optimizer, or None for the loop's AdamW."""
-        optimizers = (p.make_optimizer(loop, stage, params, stage_cfg) for p in self.plugins)
+        optimizers = (p.make_optimizer(loop, kind, params, stage_cfg) for p in self.plugins)
         return next((o for o in optimizers if o is not None), None)
 
     def on_stage_end(self, loop, stage):

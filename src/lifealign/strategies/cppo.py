@@ -163,7 +163,7 @@ class CPPOPlugin(Plugin):
         self._warned = False
         self.moments = RunningMoments()
         self._stats = {"counts": [0] * len(CATEGORIES), "retention": 0.0, "steps": 0, "old_scoring_s": 0.0}
-        if stage != "pref":
+        if stage.name != "pref":
             return
         t0 = time.perf_counter()
         model = loop.model
@@ -177,18 +177,18 @@ class CPPOPlugin(Plugin):
         from ..reference import score_pairs
 
         try:
-            scores = score_pairs(model, loop.stage_records, loop.pad_id, loop.cfg.eval.batch_size,
+            scores = score_pairs(model, stage.records, loop.pad_id, loop.cfg.eval.batch_size,
                                  loop.precision, use_adapter=True, share_prompt=loop.strategy.share_prompt)
         finally:
             if current is not None:
                 copy_into(params, current)
-        for rec, row in zip(loop.stage_records, scores):
+        for rec, row in zip(stage.records, scores):
             rec["old"] = (float(row[0]), float(row[1]))
         self._snapshot = None  # only needed until pi_old is scored
         self._stats["old_scoring_s"] = time.perf_counter() - t0
 
     def extra_loss(self, loop, stage, model, batch, outputs):
-        if stage != "pref":
+        if stage.name != "pref":
             return None
         chosen, rejected = outputs["chosen_logps"], outputs["rejected_logps"]
         per_pair = outputs["per_pair_loss"]
@@ -216,7 +216,7 @@ class CPPOPlugin(Plugin):
         return ((alpha - 1) * per_pair).mean() + (beta * retention).mean()
 
     def on_stage_end(self, loop, stage):
-        if stage != "pref" or not self._stats:
+        if stage.name != "pref" or not self._stats:
             return None
         s = self._stats
         report = {"categories": dict(zip(CATEGORIES, s["counts"])),

@@ -24,7 +24,7 @@ Our choices.
   coincide). The first task trains without a penalty (with "stage", only its first stage).
 - A stage's Fisher is the diagonal EMPIRICAL Fisher of the stage's own loss (SFT: the mean
   response-token NLL; preference: the DPO/FPO per-pair loss against the base model) on
-  `loop.stage_records` (replayed rows too when replay is on): the mean over examples of the squared
+  `stage.records` (replayed rows too when replay is on): the mean over examples of the squared
   per-example gradient, each example a batch of one (exact, no batching approximation), over at most
   `method.ewc_fisher_samples` (64) examples, a random subset seeded by seed, task index and stage (so
   reruns and resumed runs draw the same). The model is in eval mode for this pass (no dropout noise;
@@ -156,11 +156,11 @@ class EWCPlugin(Plugin):
             self._penalty[1] += 1
         return penalty
 
-    def fisher_examples(self, loop, stage):
-        records = list(loop.stage_records)
+    def fisher_examples(self, stage):
+        records = list(stage.records)
         if len(records) <= self.fisher_samples:
             return records
-        rng = random.Random(stage_seed(self.seed, loop.task_index or 0, stage))
+        rng = random.Random(stage_seed(self.seed, stage.task_index, stage.name))
         return [records[i] for i in sorted(rng.sample(range(len(records)), self.fisher_samples))]
 
     def consolidate(self, params, new_fisher):
@@ -177,16 +177,15 @@ class EWCPlugin(Plugin):
         self._pending = []
 
     def on_stage_end(self, loop, stage):
-        examples = self.fisher_examples(loop, stage)
+        examples = self.fisher_examples(stage)
         total, calls = self._penalty
         self._penalty = [0.0, 0]
         report = {"fisher_examples": len(examples), "mean_penalty": float(total) / max(calls, 1)}
         if self.scope == "task":  # the Fisher is computed at the task's end, at its anchor
-            self._pending.append((examples, loop.collate, loop.stage_loss))
+            self._pending.append((examples, stage.collate, stage.loss))
         else:
             params = trainable_parameters(loop.model)
-            new_fisher = empirical_fisher(loop.model, params, examples, loop.collate, loop.stage_loss,
-                                          loop.autocast)
+            new_fisher = empirical_fisher(loop.model, params, examples, stage.collate, stage.loss, loop.autocast)
             self.consolidate(params, new_fisher)
             report["new_fisher_sum"] = float(sum(f.sum() for f in new_fisher.values()))
         report["fisher_sum"] = float(sum(f.sum() for f in self.fisher.values()))

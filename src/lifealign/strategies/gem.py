@@ -14,7 +14,7 @@ Our choices.
   the `data.n_train` subsample when there is one; replayed rows never), one memory per task AND stage
   kind, joined when the task's stage ends, so task t is constrained by tasks 1..t-1 only. An SFT
   stage is constrained by the SFT loss (mean response-token NLL) on the earlier SFT memories, a
-  preference stage by the run's DPO/FPO loss (`loop.stage_loss`) on the earlier preference memories
+  preference stage by the run's DPO/FPO loss (`stage.loss`) on the earlier preference memories
   (pairs with their base-model reference log-probs).
 - `before_optimizer_step` runs after backward, the gradient's sync across ranks and its clipping to
   `max_grad_norm`, before `optimizer.step()`, and writes the projected gradient into `.grad` in place.
@@ -161,23 +161,23 @@ class EpisodicMemory(Plugin):
         self.memory_size = int(memory_size)
         self.seed = seed
         self.optimizer, self.sgd_lr = optimizer, float(sgd_lr)
-        self.memories = {"sft": {}, "pref": {}}  # stage -> {task: [records]} in task order
+        self.memories = {"sft": {}, "pref": {}}  # stage kind -> {task: [records]} in task order
         self._stats = None
 
-    def make_optimizer(self, loop, stage, params, stage_cfg):
+    def make_optimizer(self, loop, kind, params, stage_cfg):
         if self.optimizer == "sgd":
             return torch.optim.SGD(params, lr=self.sgd_lr, momentum=0.0, weight_decay=0.0)
         return None  # the runner's AdamW
 
     def on_stage_start(self, loop, stage):
         self._stats = {"steps": 0, "projected": 0,
-                       "memory_tasks": [t for t in self.memories.get(stage, {}) if t != loop.task]}
+                       "memory_tasks": [t for t in self.memories.get(stage.name, {}) if t != stage.task]}
 
-    def _earlier(self, loop, stage):
-        return {t: recs for t, recs in self.memories.get(stage, {}).items() if t != loop.task and recs}
+    def _earlier(self, stage):
+        return {t: recs for t, recs in self.memories.get(stage.name, {}).items() if t != stage.task and recs}
 
     def before_optimizer_step(self, loop, stage, model):
-        earlier = self._earlier(loop, stage)
+        earlier = self._earlier(stage)
         if self._stats is None:
             self.on_stage_start(loop, stage)
         self._stats["steps"] += 1
@@ -185,24 +185,24 @@ class EpisodicMemory(Plugin):
             return
         params = list(trainable_parameters(loop.model).values())
         g = flat_grad(params)
-        chunk = max(int(getattr(loop.cfg, stage).batch_size), 1)
+        chunk = max(int(getattr(loop.cfg, stage.name).batch_size), 1)
 
         def grad_on(records):
-            return memory_gradient(loop.model, params, records, loop.collate, loop.stage_loss, loop.autocast, chunk)
+            return memory_gradient(loop.model, params, records, stage.collate, stage.loss, loop.autocast, chunk)
 
-        new_g, projected = self.project(loop, stage, g, earlier, grad_on)
+        new_g, projected = self.project(stage, g, earlier, grad_on)
         if projected:
             write_flat_grad(params, new_g)
             self._stats["projected"] += 1
 
-    def project(self, loop, stage, g, earlier, grad_on):
+    def project(self, stage, g, earlier, grad_on):
         raise NotImplementedError
 
     def on_stage_end(self, loop, stage):
-        task = loop.task
-        source = loop.tasks[task].train if getattr(loop, "tasks", None) and task in loop.tasks else loop.stage_records
+        task = stage.task
+        source = loop.tasks[task].train if getattr(loop, "tasks", None) and task in loop.tasks else stage.records
         memory = [dict(rec) for rec in source[: self.memory_size]]  # token ids and reference log-probs too
-        self.memories.setdefault(stage, {})[task] = memory
+        self.memories.setdefault(stage.name, {})[task] = memory
         stats, self._stats = self._stats or {"steps": 0, "projected": 0, "memory_tasks": []}, None
         return {**stats, "memory_added": len(memory)}
 
@@ -218,7 +218,7 @@ class GEMPlugin(EpisodicMemory):
         super().__init__(memory_size, seed, optimizer, sgd_lr)
         self.margin = float(margin)
 
-    def project(self, loop, stage, g, earlier, grad_on):
+    def project(self, stage, g, earlier, grad_on):
         G = torch.stack([grad_on(records) for records in earlier.values()])
         return gem_project(g, G, self.margin)
 
@@ -231,15 +231,15 @@ class AGEMPlugin(EpisodicMemory):
         super().__init__(memory_size, seed, optimizer, sgd_lr)
         self.sample_size = int(sample_size)
 
-    def sample(self, loop, stage, earlier):
+    def sample(self, stage, earlier):
         pool = [rec for records in earlier.values() for rec in records]
         if len(pool) <= self.sample_size:
             return pool
-        rng = np.random.default_rng([self.seed, loop.task_index or 0, STAGES.index(stage), self._stats["steps"]])
+        rng = np.random.default_rng([self.seed, stage.task_index, STAGES.index(stage.name), self._stats["steps"]])
         return [pool[i] for i in sorted(rng.choice(len(pool), self.sample_size, replace=False))]
 
-    def project(self, loop, stage, g, earlier, grad_on):
-        return agem_project(g, grad_on(self.sample(loop, stage, earlier)))
+    def project(self, stage, g, earlier, grad_on):
+        return agem_project(g, grad_on(self.sample(stage, earlier)))
 
 
 @register("gem", replay=False)

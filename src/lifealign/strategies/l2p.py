@@ -336,7 +336,7 @@ class L2P(Plugin):
         self.stage_usage = torch.zeros(self.pool_size, dtype=torch.long)
         self.fallbacks = 0
 
-    def make_optimizer(self, loop, stage, params, stage_cfg):
+    def make_optimizer(self, loop, kind, params, stage_cfg):
         """AdamW with the pool in a group of its own at the L2P learning rate."""
         pool_ids = {id(p) for p in self.pool.parameters()} if self.pool is not None else set()
         pool = [p for p in params if id(p) in pool_ids]

@@ -34,8 +34,8 @@ class Replay(Plugin):
         self.cap = cap
         self.buffers = {"sft": [], "pref": []}
 
-    def training_records(self, loop, stage, task, records):
-        buffer = self.buffers.setdefault(stage, [])
+    def training_records(self, loop, kind, task, records):
+        buffer = self.buffers.setdefault(kind, [])
         training_set = list(records) + list(buffer)
         buffer.extend(records[: rows_joining(len(records), self.fraction, self.cap, len(buffer))])
         return training_set

@@ -26,11 +26,11 @@ class SLMCPlugin(Plugin):
         self.stages = tuple(stages)
 
     def on_stage_start(self, loop, stage):
-        if stage in self.stages:
+        if stage.name in self.stages:
             self.slmc.begin_stage(loop.model)
 
     def on_stage_end(self, loop, stage):
-        if stage not in self.stages:
+        if stage.name not in self.stages:
             return None
         per_matrix = self.slmc.end_stage(loop.model)
         return {**summarize_report(per_matrix), "per_matrix": per_matrix}
