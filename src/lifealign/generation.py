@@ -1,20 +1,18 @@
 """Response generation and the generation metrics of the evaluation (the paper's BLEU-4 and ROUGE-L).
 
-* :func:`generate_responses` -- answers to a list of prompts, rendered with the
-  chat template (:func:`lifealign.training.encode_prompt`), batched with left
-  padding.  Greedy by default; the paper's sampling (temperature 0.95, top-p
-  0.7) with ``do_sample=True``, seeded so that it is reproducible.
-* :func:`bleu4_char` -- character-level BLEU-4 (NLTK ``sentence_bleu``,
-  smoothing method3), x100.
-* :func:`rouge_l` -- word-level ROUGE-L F-measure (``rouge_score``), x100.
-* :func:`generation_scores` -- both metrics averaged over a test set.
-* :func:`decoding_description` -- what ``results.json`` records about decoding
-  (the report must say whether greedy decoding or sampling was used).
+`generate_responses` answers a list of prompts, rendered with the chat template
+(`lifealign.training.encode_prompt`) and batched with left padding: greedy by default, the paper's
+sampling (temperature 0.95, top-p 0.7) with `do_sample=True`, seeded so that it is reproducible.
+`decoding_description` is what `results.json` records about decoding (the report must say whether
+greedy decoding or sampling was used). `bleu4_char` (character-level BLEU-4, NLTK `sentence_bleu`
+with smoothing method3) and `rouge_l` (word-level ROUGE-L F-measure, `rouge_score`) score one
+response x100; `generation_scores` averages both over a test set.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import torch
@@ -33,11 +31,6 @@ PAPER_TOP_P = 0.7
 SAMPLING_TOP_K = 0
 
 
-# --------------------------------------------------------------------------
-# Generation
-# --------------------------------------------------------------------------
-
-
 def _generation_config(tokenizer, max_new_tokens, do_sample, temperature, top_p):
     """An explicit :class:`~transformers.GenerationConfig` for one decoding setting.
 
@@ -48,14 +41,9 @@ def _generation_config(tokenizer, max_new_tokens, do_sample, temperature, top_p)
     """
     from transformers import GenerationConfig
 
-    settings = dict(
-        max_new_tokens=int(max_new_tokens),
-        num_beams=1,
-        repetition_penalty=1.0,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        do_sample=bool(do_sample),
-    )
+    settings = dict(max_new_tokens=int(max_new_tokens), num_beams=1, repetition_penalty=1.0,
+                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                    do_sample=bool(do_sample))
     if do_sample:
         settings.update(temperature=float(temperature), top_p=float(top_p), top_k=SAMPLING_TOP_K)
     else:
@@ -88,8 +76,9 @@ def generate_token_ids(model, tokenizer, prompts, max_new_tokens=128, batch_size
                        precision="fp32", progress=False):
     """The generated token ids for each prompt (in the input order), cut before the first eos.
 
-    The work behind :func:`generate_responses`, which decodes these ids; see
-    there for the arguments.  Each list has at most ``max_new_tokens`` ids.
+    The work behind `generate_responses`, which decodes these ids; see there for the arguments.
+    Each list has at most `max_new_tokens` ids. ValueError when `batch_size` or `max_new_tokens`
+    is below 1 or the tokenizer has no pad token.
     """
     prompts = list(prompts)
     if not prompts:
@@ -123,11 +112,8 @@ def generate_token_ids(model, tokenizer, prompts, max_new_tokens=128, batch_size
                 torch.manual_seed(seed)
             for batch in tqdm(batches, desc="generate", disable=not progress, leave=False):
                 input_ids, attention_mask = _left_pad([encoded[i] for i in batch], tokenizer.pad_token_id)
-                generated = model.generate(
-                    input_ids=input_ids.to(device),
-                    attention_mask=attention_mask.to(device),
-                    generation_config=config,
-                )
+                generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                                           generation_config=config)
                 new_tokens = generated[:, input_ids.shape[1]:].cpu().tolist()
                 for i, ids in zip(batch, new_tokens):
                     outputs[i] = _cut_at_eos(ids, tokenizer.eos_token_id)
@@ -141,26 +127,19 @@ def generate_responses(model, tokenizer, prompts, max_new_tokens=128, batch_size
                        precision="fp32", progress=False):
     """Generate one response per prompt; returns the decoded strings in the input order.
 
-    * Each prompt is rendered as a user turn with the chat template by
-      :func:`lifealign.training.encode_prompt` (keeping the last
-      ``max_prompt_length`` tokens of a long prompt).
-    * Prompts are sorted by length and batched ``batch_size`` at a time with
-      LEFT padding, built here from the id lists (the tokenizer's
-      ``padding_side`` is never touched); the results are put back in the
-      input order.  Left padding does not change greedy outputs.
-    * Greedy decoding by default.  ``do_sample=True`` samples with
-      ``temperature`` and ``top_p`` (the paper: 0.95 and 0.7; top-k off),
-      after ``torch.manual_seed(seed)`` inside :func:`torch.random.fork_rng`:
-      the same call gives the same samples, and the caller's RNG state is
-      unchanged.  (Samples depend on ``batch_size`` too.)
-    * At most ``max_new_tokens`` new tokens; generation stops at
-      ``tokenizer.eos_token_id`` and pads with ``tokenizer.pad_token_id``.
-      Only the new tokens are decoded, special tokens skipped, whitespace
-      stripped.
-    * The model (plain or a ``peft.PeftModel``) runs in eval mode under
-      ``torch.no_grad()`` and :func:`lifealign.reference.autocast` for
-      ``precision`` (``"bf16"`` or ``"fp32"``); its previous train/eval mode
-      is restored afterwards.
+    Each prompt is rendered as a user turn with the chat template by
+    `lifealign.training.encode_prompt`, keeping the last `max_prompt_length` tokens of a long
+    prompt. Prompts are sorted by length and batched `batch_size` at a time with left padding built
+    here from the id lists (the tokenizer's `padding_side` is never touched; left padding does not
+    change greedy outputs), and the results put back in the input order. Decoding is greedy unless
+    `do_sample=True`, which samples with `temperature` and `top_p` (the paper: 0.95 and 0.7; top-k
+    off) after `torch.manual_seed(seed)` inside `torch.random.fork_rng`: the same call gives the
+    same samples (which depend on `batch_size` too) and leaves the caller's RNG state unchanged.
+    At most `max_new_tokens` new tokens: generation stops at `tokenizer.eos_token_id` and pads with
+    `tokenizer.pad_token_id`; only the new tokens are decoded, special tokens skipped, whitespace
+    stripped. The model (plain or a `peft.PeftModel`) runs in eval mode under `torch.no_grad()` and
+    `lifealign.reference.autocast` for `precision` ("bf16" or "fp32"); its previous train/eval
+    mode is restored afterwards.
     """
     ids = generate_token_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                              batch_size=batch_size, do_sample=do_sample, temperature=temperature,
@@ -178,24 +157,13 @@ def decoding_description(do_sample, temperature=PAPER_TEMPERATURE, top_p=PAPER_T
     "max_new_tokens": ...}``.  Sampling: ``"strategy": "sampling"`` with the
     temperature, top-p, ``"top_k": None`` (off) and, when given, the seed.
     """
-    description = {
-        "strategy": "sampling" if do_sample else "greedy",
-        "do_sample": bool(do_sample),
-        "temperature": float(temperature) if do_sample else None,
-        "top_p": float(top_p) if do_sample else None,
-        "top_k": None,
-        "num_beams": 1,
-        "repetition_penalty": 1.0,
-        "max_new_tokens": int(max_new_tokens),
-    }
+    description = {"strategy": "sampling" if do_sample else "greedy", "do_sample": bool(do_sample),
+                   "temperature": float(temperature) if do_sample else None,
+                   "top_p": float(top_p) if do_sample else None, "top_k": None, "num_beams": 1,
+                   "repetition_penalty": 1.0, "max_new_tokens": int(max_new_tokens)}
     if do_sample and seed is not None:
         description["seed"] = int(seed)
     return description
-
-
-# --------------------------------------------------------------------------
-# Metrics
-# --------------------------------------------------------------------------
 
 
 def bleu4_char(prediction: str, reference: str) -> float:
@@ -221,17 +189,12 @@ def bleu4_char(prediction: str, reference: str) -> float:
     return float(score) * 100.0
 
 
-_ROUGE_SCORER = None
-
-
+@functools.cache
 def _rouge_scorer():
     """The shared ``RougeScorer(["rougeL"], use_stemmer=False)``, built on first use."""
-    global _ROUGE_SCORER
-    if _ROUGE_SCORER is None:
-        from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer
 
-        _ROUGE_SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    return _ROUGE_SCORER
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
 
 def rouge_l(prediction: str, reference: str) -> float:
@@ -259,8 +222,7 @@ def generation_scores(predictions, references) -> dict:
     Empty predictions count as 0 in both means.  With no pairs the means are
     NaN.  Raises :class:`ValueError` if the two lists differ in length.
     """
-    predictions = list(predictions)
-    references = list(references)
+    predictions, references = list(predictions), list(references)
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     n = len(predictions)
@@ -268,9 +230,5 @@ def generation_scores(predictions, references) -> dict:
         return {"bleu4": math.nan, "rougel": math.nan, "n": 0, "empty_predictions": 0}
     bleu = [bleu4_char(p, r) for p, r in zip(predictions, references)]
     rouge = [rouge_l(p, r) for p, r in zip(predictions, references)]
-    return {
-        "bleu4": math.fsum(bleu) / n,
-        "rougel": math.fsum(rouge) / n,
-        "n": n,
-        "empty_predictions": sum(1 for p in predictions if not p.strip()),
-    }
+    return {"bleu4": math.fsum(bleu) / n, "rougel": math.fsum(rouge) / n, "n": n,
+            "empty_predictions": sum(1 for p in predictions if not p.strip())}
