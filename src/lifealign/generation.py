@@ -21,23 +21,22 @@ from tqdm.auto import tqdm
 from lifealign.reference import autocast
 from lifealign.training import encode_prompt
 
-#: The paper's sampling settings (used when ``do_sample=True``).
+#: The paper's sampling settings (used when `do_sample=True`).
 PAPER_TEMPERATURE = 0.95
 PAPER_TOP_P = 0.7
 
-#: Top-k filtering is switched off when sampling: the paper specifies only
-#: temperature and top-p (nucleus) sampling.  ``0`` disables it in transformers,
-#: overriding its default of 50 (with top-p 0.7 the difference is negligible).
+#: Top-k filtering is switched off when sampling: the paper specifies only temperature and top-p
+#: (nucleus) sampling. 0 disables it in transformers, overriding its default of 50 (with top-p 0.7
+#: the difference is negligible).
 SAMPLING_TOP_K = 0
 
 
 def _generation_config(tokenizer, max_new_tokens, do_sample, temperature, top_p):
-    """An explicit :class:`~transformers.GenerationConfig` for one decoding setting.
+    """An explicit `transformers.GenerationConfig` for one decoding setting.
 
-    Every knob that changes the output is set here, so a model's own
-    ``generation_config`` (e.g. a Hub model shipping its own temperature or
-    repetition penalty) cannot silently change the decoding; the model's
-    config only fills in what is left unset (nothing that affects the output).
+    Every knob that changes the output is set here, so a model's own `generation_config` (e.g. a
+    Hub model shipping its own temperature or repetition penalty) cannot silently change the
+    decoding; the model's config only fills in what is left unset (nothing that affects the output).
     """
     from transformers import GenerationConfig
 
@@ -47,8 +46,8 @@ def _generation_config(tokenizer, max_new_tokens, do_sample, temperature, top_p)
     if do_sample:
         settings.update(temperature=float(temperature), top_p=float(top_p), top_k=SAMPLING_TOP_K)
     else:
-        # Neutral values (transformers' defaults): unused by greedy decoding,
-        # set only so that no sampling setting of the model leaks in and warns.
+        # Neutral values (transformers' defaults): unused by greedy decoding, set only so that no
+        # sampling setting of the model leaks in and warns.
         settings.update(temperature=1.0, top_p=1.0, top_k=50)
     return GenerationConfig(**settings)
 
@@ -91,16 +90,16 @@ def generate_token_ids(model, tokenizer, prompts, max_new_tokens=128, batch_size
         raise ValueError("The tokenizer has no pad token; generation needs one for left padding")
 
     encoded = [encode_prompt(tokenizer, prompt, max_prompt_length) for prompt in prompts]
-    # Longest prompts first: less padding per batch, and an out-of-memory
-    # error shows up in the first batch rather than the last.
+    # Longest prompts first: less padding per batch, and an out-of-memory error shows up in the
+    # first batch rather than the last.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     config = _generation_config(tokenizer, max_new_tokens, do_sample, temperature, top_p)
     device = next(model.parameters()).device
     outputs: list[list[int] | None] = [None] * len(encoded)
 
-    # Sampling draws from the global torch RNG; seed it inside fork_rng so the
-    # caller's RNG state is left exactly as it was.
+    # Sampling draws from the global torch RNG; seed it inside fork_rng so the caller's RNG state is
+    # left exactly as it was.
     rng_devices = [device] if device.type == "cuda" else []
     rng = torch.random.fork_rng(devices=rng_devices) if do_sample else contextlib.nullcontext()
 
@@ -150,12 +149,11 @@ def generate_responses(model, tokenizer, prompts, max_new_tokens=128, batch_size
 
 def decoding_description(do_sample, temperature=PAPER_TEMPERATURE, top_p=PAPER_TOP_P,
                          max_new_tokens=128, seed=None):
-    """What ``results.json`` records about decoding, matching :func:`generate_responses`.
+    """What `results.json` records about decoding, matching `generate_responses`.
 
-    Greedy: ``{"strategy": "greedy", "do_sample": False, "temperature": None,
-    "top_p": None, "top_k": None, "num_beams": 1, "repetition_penalty": 1.0,
-    "max_new_tokens": ...}``.  Sampling: ``"strategy": "sampling"`` with the
-    temperature, top-p, ``"top_k": None`` (off) and, when given, the seed.
+    Greedy: `{"strategy": "greedy", "do_sample": False, "temperature": None, "top_p": None,
+    "top_k": None, "num_beams": 1, "repetition_penalty": 1.0, "max_new_tokens": ...}`. Sampling:
+    `"strategy": "sampling"` with the temperature, top-p, `"top_k": None` (off) and, when given, the seed.
     """
     description = {"strategy": "sampling" if do_sample else "greedy", "do_sample": bool(do_sample),
                    "temperature": float(temperature) if do_sample else None,
@@ -167,18 +165,16 @@ def decoding_description(do_sample, temperature=PAPER_TEMPERATURE, top_p=PAPER_T
 
 
 def bleu4_char(prediction: str, reference: str) -> float:
-    """Character-level BLEU-4 of ``prediction`` against ``reference``, x100 (0-100).
+    """Character-level BLEU-4 of `prediction` against `reference`, x100 (0-100).
 
-    ``nltk.translate.bleu_score.sentence_bleu([list(reference)], list(prediction),
-    weights=(0.25,) * 4, smoothing_function=SmoothingFunction().method3)``.
-    Method3 replaces the k-th zero n-gram precision by ``1 / (2**k * denominator)``;
-    with no character in common NLTK returns 0.  An empty prediction (or
-    reference) scores 0.0.
+    `nltk.translate.bleu_score.sentence_bleu([list(reference)], list(prediction),
+    weights=(0.25,) * 4, smoothing_function=SmoothingFunction().method3)`. Method3 replaces the
+    k-th zero n-gram precision by `1 / (2**k * denominator)`; with no character in common NLTK
+    returns 0. An empty prediction (or reference) scores 0.0.
 
-    As in NLTK (and so in the paper's scoring), a prediction shorter than 4
-    characters has zero 4-gram (and 3-gram) matches, which method3 smooths:
-    even an exact copy of a 3-character reference scores
-    ``100 * (1/2) ** 0.25`` (84.09), of a 2-character one ``100 * (1/8) ** 0.25``.
+    As in NLTK (and so in the paper's scoring), a prediction shorter than 4 characters has zero
+    4-gram (and 3-gram) matches, which method3 smooths: even an exact copy of a 3-character
+    reference scores `100 * (1/2) ** 0.25` (84.09), of a 2-character one `100 * (1/8) ** 0.25`.
     """
     from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
@@ -198,16 +194,14 @@ def _rouge_scorer():
 
 
 def rouge_l(prediction: str, reference: str) -> float:
-    """Word-level ROUGE-L F-measure of ``prediction`` against ``reference``, x100 (0-100).
+    """Word-level ROUGE-L F-measure of `prediction` against `reference`, x100 (0-100).
 
-    From the longest common subsequence of the word sequences:
-    P = LCS / len(prediction), R = LCS / len(reference), F = 2PR / (P + R).
-    Computed with the ``rouge_score`` package (no stemming).  Its default
-    tokenizer lowercases and keeps only ASCII letters and digits, splitting on
-    everything else: punctuation and case do not count, and text without ASCII
-    alphanumerics (e.g. Chinese) scores 0.  That is fine for the English tasks
-    here; the paper's Chinese-aware variant (jieba + rouge-chinese) is not
-    reproduced.
+    From the longest common subsequence of the word sequences: P = LCS / len(prediction),
+    R = LCS / len(reference), F = 2PR / (P + R). Computed with the `rouge_score` package (no
+    stemming). Its default tokenizer lowercases and keeps only ASCII letters and digits, splitting
+    on everything else: punctuation and case do not count, and text without ASCII alphanumerics
+    (e.g. Chinese) scores 0. That is fine for the English tasks here; the paper's Chinese-aware
+    variant (jieba + rouge-chinese) is not reproduced.
     """
     if not prediction or not reference:
         return 0.0
@@ -217,10 +211,9 @@ def rouge_l(prediction: str, reference: str) -> float:
 def generation_scores(predictions, references) -> dict:
     """Mean BLEU-4 (character) and ROUGE-L (F) over paired predictions/references.
 
-    Returns ``{"bleu4": mean x100, "rougel": mean x100, "n": number of pairs,
-    "empty_predictions": number of predictions that are empty after stripping}``.
-    Empty predictions count as 0 in both means.  With no pairs the means are
-    NaN.  Raises :class:`ValueError` if the two lists differ in length.
+    Returns `{"bleu4": mean x100, "rougel": mean x100, "n": number of pairs, "empty_predictions":
+    number of predictions that are empty after stripping}`. Empty predictions count as 0 in both
+    means. With no pairs the means are NaN. ValueError if the two lists differ in length.
     """
     predictions, references = list(predictions), list(references)
     if len(predictions) != len(references):
