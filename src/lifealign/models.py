@@ -223,8 +223,7 @@ def freeze_base_in_bf16(model) -> int:
     (`lifealign.lora.add_lora`).
     """
     base = base_model(model)
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    embedding = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
+    head, embedding = base.get_output_embeddings(), base.get_input_embeddings()
     count = 0
     for name, module in base.named_modules():
         if type(module) is not torch.nn.Linear or "lora_" in name:
@@ -232,7 +231,7 @@ def freeze_base_in_bf16(model) -> int:
         weight = module.weight
         if weight.requires_grad or weight.dtype != torch.float32:
             continue
-        if module is head and embedding is not None and weight is embedding.weight:
+        if module is head and weight is embedding.weight:
             module.weight = torch.nn.Parameter(weight.detach().to(torch.bfloat16), requires_grad=False)
         else:
             weight.data = weight.data.to(torch.bfloat16)
