@@ -117,8 +117,5 @@ def summarize_report(report):
     if not report:
         return {"matrices": 0}
     n = len(report)
-    return {
-        "matrices": n,
-        "mean_kept_rank": sum(r["kept_rank"] for r in report.values()) / n,
-        "mean_overlap_energy": sum(r["overlap_energy"] for r in report.values()) / n,
-    }
+    return {"matrices": n, "mean_kept_rank": sum(r["kept_rank"] for r in report.values()) / n,
+            "mean_overlap_energy": sum(r["overlap_energy"] for r in report.values()) / n}

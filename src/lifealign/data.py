@@ -35,18 +35,12 @@ class Task:
 
 
 TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("Capybara-Preferences", "capybara",
-         "general helpfulness and instruction following (multi-turn chats)"),
-    Task("HC3", "hc3",
-         "human-expert answers (chosen) over ChatGPT answers (rejected)"),
-    Task("hh-rlhf-harmless-base", "harmless",
-         "harmlessness: refuse harmful requests, still help safe ones"),
-    Task("hh-rlhf-helpful-base", "helpful",
-         "helpfulness"),
-    Task("safe-rlhf", "safe-rlhf",
-         "helpfulness under a strict safety constraint (PKU-SafeRLHF)"),
-    Task("TruthfulQA", "truthfulqa",
-         "truthfulness: chosen = one correct answer, rejected = '; '-joined false answers"),
+    Task("Capybara-Preferences", "capybara", "general helpfulness and instruction following (multi-turn chats)"),
+    Task("HC3", "hc3", "human-expert answers (chosen) over ChatGPT answers (rejected)"),
+    Task("hh-rlhf-harmless-base", "harmless", "harmlessness: refuse harmful requests, still help safe ones"),
+    Task("hh-rlhf-helpful-base", "helpful", "helpfulness"),
+    Task("safe-rlhf", "safe-rlhf", "helpfulness under a strict safety constraint (PKU-SafeRLHF)"),
+    Task("TruthfulQA", "truthfulqa", "truthfulness: chosen = one correct answer, rejected = '; '-joined false answers"),
 ]}
 
 # the paper's task orders, T1..T6 being TASKS in the order above; order1 is the main table's
@@ -240,13 +234,9 @@ def read_split(path: Path, on_invalid: str = "filter") -> tuple[list[dict], dict
             raise DataError(f"{path}: record {i}: {reason} (on_invalid='error')")
         else:
             filtered_indices[reason].append(i)
-    return records, {
-        "file": str(path),
-        "records": len(rows),
-        "kept": len(records),
-        "filtered": {reason: len(indices) for reason, indices in filtered_indices.items()},
-        "filtered_indices": filtered_indices,
-    }
+    return records, {"file": str(path), "records": len(rows), "kept": len(records),
+                     "filtered": {reason: len(indices) for reason, indices in filtered_indices.items()},
+                     "filtered_indices": filtered_indices}
 
 
 @dataclass
@@ -315,11 +305,9 @@ def load_task(name: str, data_dir: Path, n_train: int | None = None, n_test: int
     if derived:
         train, test = split_by_prompt(test, DERIVED_TEST_FRACTION)
         train_report = test_report
-        notes.append(
-            f"{train_path} is not available: train and test are a deterministic split of {test_path.name} "
-            f"by prompt (records sorted by sha1 of the prompt text, first {DERIVED_TEST_FRACTION:.0%} -> test, "
-            f"rest -> train; no prompt in both): {len(train)} train, {len(test)} test"
-        )
+        notes.append(f"{train_path} is not available: train and test are a deterministic split of {test_path.name} "
+                     f"by prompt (records sorted by sha1 of the prompt text, first {DERIVED_TEST_FRACTION:.0%} -> "
+                     f"test, rest -> train; no prompt in both): {len(train)} train, {len(test)} test")
     else:
         train, train_report = read_split(train_path, on_invalid)
         overlap = {r["prompt"] for r in train} & {r["prompt"] for r in test}

@@ -11,6 +11,7 @@ generation on, BLEU-4 / ROUGE-L of greedy responses and the LLM judge.
 """
 import contextlib
 import hashlib
+import itertools
 import json
 from pathlib import Path
 
@@ -38,13 +39,9 @@ def preference_scores(policy, reference, beta=0.1):
     rc, rr = reference.double().unbind(1)
     nc, nr = nc.clamp(min=1), nr.clamp(min=1)
     margin = dpo_margin(pc, pr, rc, rr, beta)
-    return {
-        "reward_accuracy": _accuracy(margin),
-        "margin": float(margin.mean()),
-        "length_normalised_margin": float((beta * ((pc - rc) / nc - (pr - rr) / nr)).mean()),
-        "loglik_accuracy": _accuracy(pc / nc - pr / nr),
-        "pairs": int(policy.shape[0]),
-    }
+    return {"reward_accuracy": _accuracy(margin), "margin": float(margin.mean()),
+            "length_normalised_margin": float((beta * ((pc - rc) / nc - (pr - rr) / nr)).mean()),
+            "loglik_accuracy": _accuracy(pc / nc - pr / nr), "pairs": int(policy.shape[0])}
 
 
 def reference_tensor(records):
@@ -158,11 +155,9 @@ class RowEvaluator:
                                            ev.sampling, ev.temperature, ev.top_p, cfg.seed,
                                            cfg.model.max_prompt_length, self.precision,
                                            progress=cfg.progress and self.is_main)
-        start = 0
+        rest = iter(responses)
         for name in todo:
-            end = start + len(records[name])
-            generations[name] = {"decoding": decoding, "responses": responses[start:end]}
-            start = end
+            generations[name] = {"decoding": decoding, "responses": list(itertools.islice(rest, len(records[name])))}
 
     def judge(self):
         """The run's judge client, checked once against its server (`Judge.preflight`)."""
@@ -185,6 +180,5 @@ class RowEvaluator:
                       **({"false_answers": r["rejected"]} if name == "TruthfulQA" else {})}
                      for r, resp in zip(task.test, responses)]
             scored = judge.score_many(name, items, progress=self.cfg.progress and self.is_main)
-            evals[name]["judge"] = scored["score"]
-            evals[name]["judge_failures"] = scored["failures"]
-            evals[name]["judge_failure_reasons"] = scored["failure_reasons"]
+            evals[name].update(judge=scored["score"], judge_failures=scored["failures"],
+                               judge_failure_reasons=scored["failure_reasons"])

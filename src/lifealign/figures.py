@@ -74,9 +74,8 @@ def plot_run(run, path):
     import matplotlib.pyplot as plt
 
     metrics = [m for m in METRIC_NAMES if m in run.results.get("metrics", {})]
-    cols = min(2, len(metrics))
-    fig, axes = plt.subplots(math.ceil(len(metrics) / 2), cols, figsize=(7.0 * cols, 4.8 * math.ceil(len(metrics) / 2)),
-                             squeeze=False)
+    cols, rows = min(2, len(metrics)), math.ceil(len(metrics) / 2)
+    fig, axes = plt.subplots(rows, cols, figsize=(7.0 * cols, 4.8 * rows), squeeze=False)
     for ax in axes.flat[len(metrics):]:
         ax.set_visible(False)
     for ax, metric in zip(axes.flat, metrics):

@@ -1,20 +1,18 @@
 """Response generation and the generation metrics of the evaluation (the paper's BLEU-4 and ROUGE-L).
 
-* :func:`generate_responses` -- answers to a list of prompts, rendered with the
-  chat template (:func:`lifealign.training.encode_prompt`), batched with left
-  padding.  Greedy by default; the paper's sampling (temperature 0.95, top-p
-  0.7) with ``do_sample=True``, seeded so that it is reproducible.
-* :func:`bleu4_char` -- character-level BLEU-4 (NLTK ``sentence_bleu``,
-  smoothing method3), x100.
-* :func:`rouge_l` -- word-level ROUGE-L F-measure (``rouge_score``), x100.
-* :func:`generation_scores` -- both metrics averaged over a test set.
-* :func:`decoding_description` -- what ``results.json`` records about decoding
-  (the report must say whether greedy decoding or sampling was used).
+`generate_responses` answers a list of prompts, rendered with the chat template
+(`lifealign.training.encode_prompt`) and batched with left padding: greedy by default, the paper's
+sampling (temperature 0.95, top-p 0.7) with `do_sample=True`, seeded so that it is reproducible.
+`decoding_description` is what `results.json` records about decoding (the report must say whether
+greedy decoding or sampling was used). `bleu4_char` (character-level BLEU-4, NLTK `sentence_bleu`
+with smoothing method3) and `rouge_l` (word-level ROUGE-L F-measure, `rouge_score`) score one
+response x100; `generation_scores` averages both over a test set.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import torch
@@ -23,44 +21,33 @@ from tqdm.auto import tqdm
 from lifealign.reference import autocast
 from lifealign.training import encode_prompt
 
-#: The paper's sampling settings (used when ``do_sample=True``).
+#: The paper's sampling settings (used when `do_sample=True`).
 PAPER_TEMPERATURE = 0.95
 PAPER_TOP_P = 0.7
 
-#: Top-k filtering is switched off when sampling: the paper specifies only
-#: temperature and top-p (nucleus) sampling.  ``0`` disables it in transformers,
-#: overriding its default of 50 (with top-p 0.7 the difference is negligible).
+#: Top-k filtering is switched off when sampling: the paper specifies only temperature and top-p
+#: (nucleus) sampling. 0 disables it in transformers, overriding its default of 50 (with top-p 0.7
+#: the difference is negligible).
 SAMPLING_TOP_K = 0
 
 
-# --------------------------------------------------------------------------
-# Generation
-# --------------------------------------------------------------------------
-
-
 def _generation_config(tokenizer, max_new_tokens, do_sample, temperature, top_p):
-    """An explicit :class:`~transformers.GenerationConfig` for one decoding setting.
+    """An explicit `transformers.GenerationConfig` for one decoding setting.
 
-    Every knob that changes the output is set here, so a model's own
-    ``generation_config`` (e.g. a Hub model shipping its own temperature or
-    repetition penalty) cannot silently change the decoding; the model's
-    config only fills in what is left unset (nothing that affects the output).
+    Every knob that changes the output is set here, so a model's own `generation_config` (e.g. a
+    Hub model shipping its own temperature or repetition penalty) cannot silently change the
+    decoding; the model's config only fills in what is left unset (nothing that affects the output).
     """
     from transformers import GenerationConfig
 
-    settings = dict(
-        max_new_tokens=int(max_new_tokens),
-        num_beams=1,
-        repetition_penalty=1.0,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        do_sample=bool(do_sample),
-    )
+    settings = dict(max_new_tokens=int(max_new_tokens), num_beams=1, repetition_penalty=1.0,
+                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                    do_sample=bool(do_sample))
     if do_sample:
         settings.update(temperature=float(temperature), top_p=float(top_p), top_k=SAMPLING_TOP_K)
     else:
-        # Neutral values (transformers' defaults): unused by greedy decoding,
-        # set only so that no sampling setting of the model leaks in and warns.
+        # Neutral values (transformers' defaults): unused by greedy decoding, set only so that no
+        # sampling setting of the model leaks in and warns.
         settings.update(temperature=1.0, top_p=1.0, top_k=50)
     return GenerationConfig(**settings)
 
@@ -88,8 +75,9 @@ def generate_token_ids(model, tokenizer, prompts, max_new_tokens=128, batch_size
                        precision="fp32", progress=False):
     """The generated token ids for each prompt (in the input order), cut before the first eos.
 
-    The work behind :func:`generate_responses`, which decodes these ids; see
-    there for the arguments.  Each list has at most ``max_new_tokens`` ids.
+    The work behind `generate_responses`, which decodes these ids; see there for the arguments.
+    Each list has at most `max_new_tokens` ids. ValueError when `batch_size` or `max_new_tokens`
+    is below 1 or the tokenizer has no pad token.
     """
     prompts = list(prompts)
     if not prompts:
@@ -102,16 +90,16 @@ def generate_token_ids(model, tokenizer, prompts, max_new_tokens=128, batch_size
         raise ValueError("The tokenizer has no pad token; generation needs one for left padding")
 
     encoded = [encode_prompt(tokenizer, prompt, max_prompt_length) for prompt in prompts]
-    # Longest prompts first: less padding per batch, and an out-of-memory
-    # error shows up in the first batch rather than the last.
+    # Longest prompts first: less padding per batch, and an out-of-memory error shows up in the
+    # first batch rather than the last.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     config = _generation_config(tokenizer, max_new_tokens, do_sample, temperature, top_p)
     device = next(model.parameters()).device
     outputs: list[list[int] | None] = [None] * len(encoded)
 
-    # Sampling draws from the global torch RNG; seed it inside fork_rng so the
-    # caller's RNG state is left exactly as it was.
+    # Sampling draws from the global torch RNG; seed it inside fork_rng so the caller's RNG state is
+    # left exactly as it was.
     rng_devices = [device] if device.type == "cuda" else []
     rng = torch.random.fork_rng(devices=rng_devices) if do_sample else contextlib.nullcontext()
 
@@ -123,11 +111,8 @@ def generate_token_ids(model, tokenizer, prompts, max_new_tokens=128, batch_size
                 torch.manual_seed(seed)
             for batch in tqdm(batches, desc="generate", disable=not progress, leave=False):
                 input_ids, attention_mask = _left_pad([encoded[i] for i in batch], tokenizer.pad_token_id)
-                generated = model.generate(
-                    input_ids=input_ids.to(device),
-                    attention_mask=attention_mask.to(device),
-                    generation_config=config,
-                )
+                generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                                           generation_config=config)
                 new_tokens = generated[:, input_ids.shape[1]:].cpu().tolist()
                 for i, ids in zip(batch, new_tokens):
                     outputs[i] = _cut_at_eos(ids, tokenizer.eos_token_id)
@@ -141,26 +126,19 @@ def generate_responses(model, tokenizer, prompts, max_new_tokens=128, batch_size
                        precision="fp32", progress=False):
     """Generate one response per prompt; returns the decoded strings in the input order.
 
-    * Each prompt is rendered as a user turn with the chat template by
-      :func:`lifealign.training.encode_prompt` (keeping the last
-      ``max_prompt_length`` tokens of a long prompt).
-    * Prompts are sorted by length and batched ``batch_size`` at a time with
-      LEFT padding, built here from the id lists (the tokenizer's
-      ``padding_side`` is never touched); the results are put back in the
-      input order.  Left padding does not change greedy outputs.
-    * Greedy decoding by default.  ``do_sample=True`` samples with
-      ``temperature`` and ``top_p`` (the paper: 0.95 and 0.7; top-k off),
-      after ``torch.manual_seed(seed)`` inside :func:`torch.random.fork_rng`:
-      the same call gives the same samples, and the caller's RNG state is
-      unchanged.  (Samples depend on ``batch_size`` too.)
-    * At most ``max_new_tokens`` new tokens; generation stops at
-      ``tokenizer.eos_token_id`` and pads with ``tokenizer.pad_token_id``.
-      Only the new tokens are decoded, special tokens skipped, whitespace
-      stripped.
-    * The model (plain or a ``peft.PeftModel``) runs in eval mode under
-      ``torch.no_grad()`` and :func:`lifealign.reference.autocast` for
-      ``precision`` (``"bf16"`` or ``"fp32"``); its previous train/eval mode
-      is restored afterwards.
+    Each prompt is rendered as a user turn with the chat template by
+    `lifealign.training.encode_prompt`, keeping the last `max_prompt_length` tokens of a long
+    prompt. Prompts are sorted by length and batched `batch_size` at a time with left padding built
+    here from the id lists (the tokenizer's `padding_side` is never touched; left padding does not
+    change greedy outputs), and the results put back in the input order. Decoding is greedy unless
+    `do_sample=True`, which samples with `temperature` and `top_p` (the paper: 0.95 and 0.7; top-k
+    off) after `torch.manual_seed(seed)` inside `torch.random.fork_rng`: the same call gives the
+    same samples (which depend on `batch_size` too) and leaves the caller's RNG state unchanged.
+    At most `max_new_tokens` new tokens: generation stops at `tokenizer.eos_token_id` and pads with
+    `tokenizer.pad_token_id`; only the new tokens are decoded, special tokens skipped, whitespace
+    stripped. The model (plain or a `peft.PeftModel`) runs in eval mode under `torch.no_grad()` and
+    `lifealign.reference.autocast` for `precision` ("bf16" or "fp32"); its previous train/eval
+    mode is restored afterwards.
     """
     ids = generate_token_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                              batch_size=batch_size, do_sample=do_sample, temperature=temperature,
@@ -171,46 +149,32 @@ def generate_responses(model, tokenizer, prompts, max_new_tokens=128, batch_size
 
 def decoding_description(do_sample, temperature=PAPER_TEMPERATURE, top_p=PAPER_TOP_P,
                          max_new_tokens=128, seed=None):
-    """What ``results.json`` records about decoding, matching :func:`generate_responses`.
+    """What `results.json` records about decoding, matching `generate_responses`.
 
-    Greedy: ``{"strategy": "greedy", "do_sample": False, "temperature": None,
-    "top_p": None, "top_k": None, "num_beams": 1, "repetition_penalty": 1.0,
-    "max_new_tokens": ...}``.  Sampling: ``"strategy": "sampling"`` with the
-    temperature, top-p, ``"top_k": None`` (off) and, when given, the seed.
+    Greedy: `{"strategy": "greedy", "do_sample": False, "temperature": None, "top_p": None,
+    "top_k": None, "num_beams": 1, "repetition_penalty": 1.0, "max_new_tokens": ...}`. Sampling:
+    `"strategy": "sampling"` with the temperature, top-p, `"top_k": None` (off) and, when given, the seed.
     """
-    description = {
-        "strategy": "sampling" if do_sample else "greedy",
-        "do_sample": bool(do_sample),
-        "temperature": float(temperature) if do_sample else None,
-        "top_p": float(top_p) if do_sample else None,
-        "top_k": None,
-        "num_beams": 1,
-        "repetition_penalty": 1.0,
-        "max_new_tokens": int(max_new_tokens),
-    }
+    description = {"strategy": "sampling" if do_sample else "greedy", "do_sample": bool(do_sample),
+                   "temperature": float(temperature) if do_sample else None,
+                   "top_p": float(top_p) if do_sample else None, "top_k": None, "num_beams": 1,
+                   "repetition_penalty": 1.0, "max_new_tokens": int(max_new_tokens)}
     if do_sample and seed is not None:
         description["seed"] = int(seed)
     return description
 
 
-# --------------------------------------------------------------------------
-# Metrics
-# --------------------------------------------------------------------------
-
-
 def bleu4_char(prediction: str, reference: str) -> float:
-    """Character-level BLEU-4 of ``prediction`` against ``reference``, x100 (0-100).
+    """Character-level BLEU-4 of `prediction` against `reference`, x100 (0-100).
 
-    ``nltk.translate.bleu_score.sentence_bleu([list(reference)], list(prediction),
-    weights=(0.25,) * 4, smoothing_function=SmoothingFunction().method3)``.
-    Method3 replaces the k-th zero n-gram precision by ``1 / (2**k * denominator)``;
-    with no character in common NLTK returns 0.  An empty prediction (or
-    reference) scores 0.0.
+    `nltk.translate.bleu_score.sentence_bleu([list(reference)], list(prediction),
+    weights=(0.25,) * 4, smoothing_function=SmoothingFunction().method3)`. Method3 replaces the
+    k-th zero n-gram precision by `1 / (2**k * denominator)`; with no character in common NLTK
+    returns 0. An empty prediction (or reference) scores 0.0.
 
-    As in NLTK (and so in the paper's scoring), a prediction shorter than 4
-    characters has zero 4-gram (and 3-gram) matches, which method3 smooths:
-    even an exact copy of a 3-character reference scores
-    ``100 * (1/2) ** 0.25`` (84.09), of a 2-character one ``100 * (1/8) ** 0.25``.
+    As in NLTK (and so in the paper's scoring), a prediction shorter than 4 characters has zero
+    4-gram (and 3-gram) matches, which method3 smooths: even an exact copy of a 3-character
+    reference scores `100 * (1/2) ** 0.25` (84.09), of a 2-character one `100 * (1/8) ** 0.25`.
     """
     from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
@@ -221,30 +185,23 @@ def bleu4_char(prediction: str, reference: str) -> float:
     return float(score) * 100.0
 
 
-_ROUGE_SCORER = None
-
-
+@functools.cache
 def _rouge_scorer():
     """The shared ``RougeScorer(["rougeL"], use_stemmer=False)``, built on first use."""
-    global _ROUGE_SCORER
-    if _ROUGE_SCORER is None:
-        from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer
 
-        _ROUGE_SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    return _ROUGE_SCORER
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
 
 def rouge_l(prediction: str, reference: str) -> float:
-    """Word-level ROUGE-L F-measure of ``prediction`` against ``reference``, x100 (0-100).
+    """Word-level ROUGE-L F-measure of `prediction` against `reference`, x100 (0-100).
 
-    From the longest common subsequence of the word sequences:
-    P = LCS / len(prediction), R = LCS / len(reference), F = 2PR / (P + R).
-    Computed with the ``rouge_score`` package (no stemming).  Its default
-    tokenizer lowercases and keeps only ASCII letters and digits, splitting on
-    everything else: punctuation and case do not count, and text without ASCII
-    alphanumerics (e.g. Chinese) scores 0.  That is fine for the English tasks
-    here; the paper's Chinese-aware variant (jieba + rouge-chinese) is not
-    reproduced.
+    From the longest common subsequence of the word sequences: P = LCS / len(prediction),
+    R = LCS / len(reference), F = 2PR / (P + R). Computed with the `rouge_score` package (no
+    stemming). Its default tokenizer lowercases and keeps only ASCII letters and digits, splitting
+    on everything else: punctuation and case do not count, and text without ASCII alphanumerics
+    (e.g. Chinese) scores 0. That is fine for the English tasks here; the paper's Chinese-aware
+    variant (jieba + rouge-chinese) is not reproduced.
     """
     if not prediction or not reference:
         return 0.0
@@ -254,13 +211,11 @@ def rouge_l(prediction: str, reference: str) -> float:
 def generation_scores(predictions, references) -> dict:
     """Mean BLEU-4 (character) and ROUGE-L (F) over paired predictions/references.
 
-    Returns ``{"bleu4": mean x100, "rougel": mean x100, "n": number of pairs,
-    "empty_predictions": number of predictions that are empty after stripping}``.
-    Empty predictions count as 0 in both means.  With no pairs the means are
-    NaN.  Raises :class:`ValueError` if the two lists differ in length.
+    Returns `{"bleu4": mean x100, "rougel": mean x100, "n": number of pairs, "empty_predictions":
+    number of predictions that are empty after stripping}`. Empty predictions count as 0 in both
+    means. With no pairs the means are NaN. ValueError if the two lists differ in length.
     """
-    predictions = list(predictions)
-    references = list(references)
+    predictions, references = list(predictions), list(references)
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     n = len(predictions)
@@ -268,9 +223,5 @@ def generation_scores(predictions, references) -> dict:
         return {"bleu4": math.nan, "rougel": math.nan, "n": 0, "empty_predictions": 0}
     bleu = [bleu4_char(p, r) for p, r in zip(predictions, references)]
     rouge = [rouge_l(p, r) for p, r in zip(predictions, references)]
-    return {
-        "bleu4": math.fsum(bleu) / n,
-        "rougel": math.fsum(rouge) / n,
-        "n": n,
-        "empty_predictions": sum(1 for p in predictions if not p.strip()),
-    }
+    return {"bleu4": math.fsum(bleu) / n, "rougel": math.fsum(rouge) / n, "n": n,
+            "empty_predictions": sum(1 for p in predictions if not p.strip())}

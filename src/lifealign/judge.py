@@ -18,6 +18,7 @@ Usage:
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import hashlib
 import ipaddress
@@ -77,10 +78,8 @@ def _retry_after_seconds(value: str | None) -> float | None:
     """Retry-After as seconds: either delta-seconds or an HTTP date; None if absent or unreadable."""
     if not value:
         return None
-    try:
+    with contextlib.suppress(ValueError):
         return max(0.0, float(value))
-    except ValueError:
-        pass
     try:
         return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
@@ -180,8 +179,7 @@ class Judge:
         # A local server must not be reached through an HTTP proxy from the environment.
         self._client = openai.OpenAI(
             base_url=config.base_url, api_key="(set per request)", max_retries=0, timeout=config.timeout,
-            http_client=openai.DefaultHttpxClient(trust_env=not _is_loopback(config.base_url),
-                                                  timeout=config.timeout))
+            http_client=openai.DefaultHttpxClient(trust_env=not _is_loopback(config.base_url), timeout=config.timeout))
 
     def __repr__(self) -> str:
         return f"Judge({self.config!r}, cache_path={str(self.cache_path)!r})"

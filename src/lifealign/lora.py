@@ -25,20 +25,14 @@ def keep_fp32(params) -> None:
             param.data = param.data.float()
 
 
-def add_lora(
-    model,
-    r: int = 8,
-    alpha: int = 16,
-    dropout: float = 0.0,
-    targets: Sequence[str] = ("q_proj", "v_proj"),
-    adapter_name: str = "default",
-):
-    """Wrap ``model`` with a LoRA adapter and return the :class:`peft.PeftModel`.
+def add_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.0, targets: Sequence[str] = ("q_proj", "v_proj"),
+             adapter_name: str = "default"):
+    """Wrap `model` with a LoRA adapter (`lora_config` on the modules named in `targets`) and return
+    the `peft.PeftModel`.
 
-    `lora_config` on the modules named in ``targets``; only the LoRA matrices are
-    trainable and they are kept in fp32 even when the base model is bf16.  The adapter starts as
-    a no-op (``lora_B`` is zero).  If ``model`` already is a ``PeftModel``, a new adapter
-    ``adapter_name`` is added to it and made the active one.
+    Only the LoRA matrices are trainable and they are kept in fp32 even when the base model is bf16.
+    The adapter starts as a no-op (`lora_B` is zero). If `model` already is a `PeftModel`, a new
+    adapter `adapter_name` is added to it and made the active one.
     """
     from peft import PeftModel, get_peft_model
 

@@ -20,6 +20,10 @@ def _cell(matrix, i, j):
     return float(value)
 
 
+def _minus(a, b):
+    return None if a is None or b is None else a - b
+
+
 def mean_of(values):
     """The mean of the values that are not None; None if there are none."""
     values = [v for v in values if v is not None]
@@ -39,31 +43,19 @@ def summarize(matrix, base=None):
     n = len(matrix)
     if n == 0 or any(len(row) < n for row in matrix):
         raise ValueError(f"summarize needs a square matrix with one row per task, got {[len(r) for r in matrix]}")
-    last_row = n - 1
-    out = {
-        "last": mean_of(_cell(matrix, last_row, j) for j in range(n)),
-        "ap": mean_of(mean_of(_cell(matrix, k, j) for j in range(k + 1)) for k in range(n)),
-        "bwt": mean_of(
-            _cell(matrix, last_row, i) - _cell(matrix, i, i)
-            for i in range(n - 1)
-            if _cell(matrix, last_row, i) is not None and _cell(matrix, i, i) is not None
-        ) if n > 1 else None,
-    }
+    final = [_cell(matrix, n - 1, j) for j in range(n)]
+    out = {"last": mean_of(final),
+           "ap": mean_of(mean_of(_cell(matrix, k, j) for j in range(k + 1)) for k in range(n)),
+           "bwt": mean_of(_minus(final[i], _cell(matrix, i, i)) for i in range(n - 1))}
     if base is not None:
-        fwt = [
-            _cell(matrix, i - 1, i) - float(base[i])
-            for i in range(1, n)
-            if _cell(matrix, i - 1, i) is not None and base[i] is not None
-        ]
-        out["fwt"] = mean_of(fwt) if n > 1 else None
+        out["fwt"] = mean_of(_minus(_cell(matrix, i - 1, i), None if base[i] is None else float(base[i]))
+                             for i in range(1, n))
         drops = []
         for i in range(n - 1):
-            final = _cell(matrix, last_row, i)
-            seen = [_cell(matrix, k, i) for k in range(i, n - 1)]
-            seen = [v for v in seen if v is not None]
-            if final is not None and seen:
-                drops.append(max(v - final for v in seen))
-        out["forgetting"] = mean_of(drops) if n > 1 else None
+            seen = [v for k in range(i, n - 1) if (v := _cell(matrix, k, i)) is not None]
+            if final[i] is not None and seen:
+                drops.append(max(v - final[i] for v in seen))
+        out["forgetting"] = mean_of(drops)
     return out
 
 
@@ -79,10 +71,7 @@ def run_metrics(rows, base, order, joint=False):
         matrix = [[row[t][metric] for t in order] for row in rows]
         base_row = [base[t].get(metric) for t in order]
         k = len(matrix)
-        if joint:
-            summary = {"last": mean_of(matrix[0])}
-        else:
-            summary = summarize([r[:k] for r in matrix], base_row[:k])
+        summary = {"last": mean_of(matrix[0])} if joint else summarize([r[:k] for r in matrix], base_row[:k])
         metrics[metric] = {"base": base_row, "matrix": matrix, "summary": summary}
         if metric == "judge":
             metrics[metric]["failures"] = [[row[t].get("judge_failures", 0) for t in order] for row in rows]

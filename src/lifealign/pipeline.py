@@ -236,7 +236,6 @@ def run_one(profile_name, spec, root=None):
     if out_dir.exists() and (not stamp.exists() or stamp.read_text().strip() != str(RUN_CODE_VERSION)
                              or (saved.exists() and _comparable(read_json(saved)) != config)):
         shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     write_text(stamp, f"{RUN_CODE_VERSION}\n")
     execute_notebook("experiment", notebook, {"config": config_path(profile_name), "progress_bar": False,
                                               "overrides": run_overrides(profile_name, spec)}, root)
@@ -320,9 +319,7 @@ def prepare_model(profile_name=None, params=None, root=None):
     model, _ = load_model(cfg.model.name)
     record = {"name": cfg.model.name, "fingerprint": model_fingerprint(cfg.model.name, model),
               "parameters": sum(p.numel() for p in model.parameters())}
-    path = root / "results" / profile_name / "model.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text(path, json.dumps(record, indent=1) + "\n")
+    write_text(root / "results" / profile_name / "model.json", json.dumps(record, indent=1) + "\n")
     return record
 
 
@@ -392,6 +389,7 @@ def main(argv=None):
         args.action(args)
     except (ConfigError, DataError) as err:
         sys.exit(f"error: {err}")
+
 
 if __name__ == "__main__":
     main()

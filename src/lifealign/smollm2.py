@@ -100,8 +100,7 @@ def prepare_smollm2(cache_dir: Path | None = None) -> Path:
             if not (target / _COMPLETE_MARKER).is_file():  # else another process finished first
                 raise
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing left there after the rename
     return target
 
 

@@ -24,12 +24,10 @@ from ..training import clean_response, encode_records
 
 
 def conversational_rows(records):
-    return [{
-        "prompt": [{"role": "user", "content": r["prompt"]}],
-        "chosen": [{"role": "assistant", "content": clean_response(r["chosen"])}],
-        "rejected": [{"role": "assistant", "content": clean_response(r["rejected"])}],
-        "index": r["index"],
-    } for r in records]
+    return [{"prompt": [{"role": "user", "content": r["prompt"]}],
+             "chosen": [{"role": "assistant", "content": clean_response(r["chosen"])}],
+             "rejected": [{"role": "assistant", "content": clean_response(r["rejected"])}], "index": r["index"]}
+            for r in records]
 
 
 def tokenized_rows(records):
@@ -59,10 +57,9 @@ def load_task_datasets(name, data_dir: Path | None = None, n_train=None, n_test=
     tokenisation (`tokenized` rows for `FPOTrainer`): prompts keep their last max_prompt_length
     tokens, where a multi-turn transcript holds its request, and every pair fits max_length.
     """
-    data_dir = data_mod.data_dir(data_dir)
-    task = data_mod.load_task(name, data_dir, n_train, n_test, seed, on_invalid)
-    if tokenizer is not None:
+    task = data_mod.load_task(name, data_mod.data_dir(data_dir), n_train, n_test, seed, on_invalid)
+    tokenized = tokenizer is not None
+    if tokenized:
         for records in (task.train, task.test):
             encode_records(tokenizer, records, max_length, max_prompt_length)
-    tokenized = tokenizer is not None
     return records_dataset(task.train, tokenized), records_dataset(task.test, tokenized), task.report

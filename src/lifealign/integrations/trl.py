@@ -58,12 +58,9 @@ class FPOTrainer(DPOTrainer):
     def __init__(self, *args, gamma: float = 2.0, **kwargs):
         self.gamma = float(gamma)
         super().__init__(*args, **kwargs)
-        unsupported = {
-            "loss_type": (self.loss_types, ["sigmoid"]),
-            "f_divergence_type": (self.f_divergence_type, "reverse_kl"),
-            "ld_alpha": (self.ld_alpha, None),
-            "use_weighting": (self.use_weighting, False),
-        }
+        unsupported = {"loss_type": (self.loss_types, ["sigmoid"]),
+                       "f_divergence_type": (self.f_divergence_type, "reverse_kl"),
+                       "ld_alpha": (self.ld_alpha, None), "use_weighting": (self.use_weighting, False)}
         for key, (value, wanted) in unsupported.items():
             if value != wanted:
                 raise ValueError(f"FPOTrainer replaces DPO's sigmoid loss: set DPOConfig.{key}={wanted!r} "
@@ -129,13 +126,12 @@ class FPOTrainer(DPOTrainer):
         gather = lambda t: self.accelerator.gather_for_metrics(t.detach()).float()  # noqa: E731
         margin = gather(parts["margin"])
         metrics = self._metrics[mode]
-        metrics["rewards/chosen"].append(gather(parts["chosen_rewards"]).mean().item())
-        metrics["rewards/rejected"].append(gather(parts["rejected_rewards"]).mean().item())
+        for name, part in (("rewards/chosen", "chosen_rewards"), ("rewards/rejected", "rejected_rewards"),
+                           ("logps/chosen", "chosen_logps"), ("logps/rejected", "rejected_logps")):
+            metrics[name].append(gather(parts[part]).mean().item())
         metrics["rewards/accuracies"].append((margin > 0).float().mean().item())
         metrics["rewards/margins"].append(margin.mean().item())
         metrics["focal_weight"].append(torch.sigmoid(-margin).pow(self.gamma).mean().item())
-        metrics["logps/chosen"].append(gather(parts["chosen_logps"]).mean().item())
-        metrics["logps/rejected"].append(gather(parts["rejected_logps"]).mean().item())
         if mode == "train":
             tokens = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
             self._total_train_tokens += tokens // self._tp_size
