@@ -177,8 +177,10 @@ def test_run_grid_goes_by_tier_then_seed_and_commits_each_run(tmp_path, monkeypa
     claims.mkdir()
     (claims / "matrix+seqft-order1-s0").write_text("/elsewhere/other-clone")
     (claims / "matrix+seqft-order1-s1").write_text(str(root))  # claimed here before a restart
+    started = pipeline.grid(profile, "sensitivity")[0]
+    pipeline.run_dir("smoke", started, root).mkdir(parents=True)  # started here, claimed by nobody yet
     run_grid.main(["--commit", "--max-tier", "1", "--claims", str(claims)])
-    assert ran == ["seqft-order1-s1", "er-order1-s0", "lifealign-order1-s0-slmc_lambda0.0", "er-order1-s1"]
+    assert ran == ["lifealign-order1-s0-slmc_lambda0.0", "seqft-order1-s1", "er-order1-s0", "er-order1-s1"]
     assert (claims / "matrix+er-order1-s1").read_text() == str(root)
     ran.clear()
     run_grid.main(["--commit", "--max-tier", "2"])
