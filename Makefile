@@ -37,7 +37,7 @@ judge-server: $(VENV)/.installed
 	  $(BIN)/python -m pip install -q -e ".[judge-server]"
 
 test: $(VENV)/.installed judge-server
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests  # the slowest tests listed: the suite is kept under 15 minutes
 
 test-fast: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m "not slow" tests
