@@ -15,7 +15,8 @@ Workers in separate clones share the work through a claims folder (`--claims DIR
 next run in the order that no worker has claimed, and claims it with a file named after the run that
 holds the clone's path. A run with a run folder in this clone (started here) is claimed by it too.
 A restarted worker takes its own unfinished claims first (they resume where they stopped); a run
-claimed by a clone that is gone stays skipped until its claim file is deleted. Merge the clones' commits into one (each touches only its runs' folders).
+claimed by a clone that is gone stays skipped until its claim file is deleted. Merge the clones'
+commits into one (each touches only its runs' folders).
 """
 import argparse
 import os
@@ -83,14 +84,14 @@ def main(argv=None):
         claimed = claim_owner(args.claims, spec) if args.claims else None
         print(f"  tier {spec.tier}  {spec.group:12s} {spec.id:45s} {state}" + (f"  (claimed: {claimed})" if claimed else ""))
     todo = [s for s in runs if not pipeline.is_done(profile_name, s, ROOT)]
+    print(f"profile {profile_name}: {len(runs)} runs, {len(todo)} to run")
+    if args.dry_run:
+        return
     if args.claims:  # runs started in this clone are its claims; they come first and resume here
         for spec in todo:
             if pipeline.run_dir(profile_name, spec, ROOT).exists():
                 claim(args.claims, spec, owner)
         todo.sort(key=lambda s: claim_owner(args.claims, s) != owner)
-    print(f"profile {profile_name}: {len(runs)} runs, {len(todo)} to run")
-    if args.dry_run:
-        return
     for spec in todo:
         if args.claims and not claim(args.claims, spec, owner):
             continue

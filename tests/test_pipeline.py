@@ -179,6 +179,8 @@ def test_run_grid_goes_by_tier_then_seed_and_commits_each_run(tmp_path, monkeypa
     (claims / "matrix+seqft-order1-s1").write_text(str(root))  # claimed here before a restart
     started = pipeline.grid(profile, "sensitivity")[0]
     pipeline.run_dir("smoke", started, root).mkdir(parents=True)  # started here, claimed by nobody yet
+    run_grid.main(["--dry-run", "--claims", str(claims)])  # lists, runs and claims nothing
+    assert ran == [] and len(list(claims.iterdir())) == 2
     run_grid.main(["--commit", "--max-tier", "1", "--claims", str(claims)])
     assert ran == ["lifealign-order1-s0-slmc_lambda0.0", "seqft-order1-s1", "er-order1-s0", "er-order1-s1"]
     assert (claims / "matrix+er-order1-s1").read_text() == str(root)
