@@ -36,11 +36,15 @@ judge-server: $(VENV)/.installed
 	  CMAKE_ARGS="$${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF}" \
 	  $(BIN)/python -m pip install -q -e ".[judge-server]"
 
+# One pytest worker a core (pytest-xdist), each file's tests on one worker (module fixtures built
+# once); one torch thread a worker: two multi-threaded torch processes on two cores slow both many
+# times over. The slowest tests are listed: the suite is kept under 15 minutes.
+TEST_WORKERS ?= auto
 test: $(VENV)/.installed judge-server
-	$(BIN)/python -m pytest -q --durations=15 tests  # the slowest tests listed: the suite is kept under 15 minutes
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 test-fast: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
 
 # Rewrite tests/goldens/ after a change of numbers; refuses unless RUN_CODE_VERSION was bumped.
 goldens: $(VENV)/.installed

@@ -131,11 +131,11 @@ def test_run_group_can_run_chosen_runs_only(tmp_path, monkeypatch):
     shutil.copy(ROOT / "params.yaml", root)
     ran = []
     monkeypatch.setattr(pipeline, "run_one", lambda profile, spec, root: ran.append(spec.id))
-    pipeline.run_group("matrix", "smoke", root=root, log=lambda line: None, only=["er-order1-s1", "mtl-order1-s0"])
-    assert ran == ["er-order1-s1", "mtl-order1-s0"]  # in the grid's order, the others untouched
+    pipeline.run_group("matrix", "smoke", root=root, log=lambda line: None, only=["seqft-order1-s1", "mtl-order1-s0"])
+    assert ran == ["seqft-order1-s1", "mtl-order1-s0"]  # in the grid's order, the others untouched
     with pytest.raises(ConfigError, match="no run er-order9-s0"):
         pipeline.run_group("matrix", "smoke", root=root, only=["er-order9-s0"])
-    assert ran == ["er-order1-s1", "mtl-order1-s0"]
+    assert ran == ["seqft-order1-s1", "mtl-order1-s0"]
 
 
 def test_run_grid_goes_by_tier_then_seed_and_commits_each_run(tmp_path, monkeypatch):

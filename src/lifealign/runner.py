@@ -10,6 +10,7 @@ place atomically with its adapter, strategy state, optimizer and RNG state and i
                              generations.json
       results.json           rebuilt after every task
 """
+import gc
 import hashlib
 import os
 import random
@@ -135,6 +136,16 @@ class ContinualLoop:
     def run(self, console=None):
         """`console`: where progress goes besides <out>/run.log and progress.json (lifealign.progress)."""
         self.progress = RunProgress(self.out, self.cfg.name, console, enabled=self.is_main)
+        # The objects alive now (imported modules: ~500k) outlive the run. Frozen, they are skipped by
+        # the full collection that the HF Trainer makes at each stage (accelerate's free_memory).
+        gc.collect()
+        gc.freeze()
+        try:
+            return self._run()
+        finally:
+            gc.unfreeze()
+
+    def _run(self):
         with self.progress:
             self.setup()
             self._check_config()
