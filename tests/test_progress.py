@@ -87,7 +87,7 @@ def _repo(tmp_path, release):
 
 def test_run_state_and_status(tmp_path, fake_release):
     root = _repo(tmp_path, fake_release)
-    spec = pipeline.RunSpec("matrix", "er", "order1", 0)
+    spec = pipeline.RunSpec("matrix", "lifealign", "order1", 0)
     assert pipeline.run_state("smoke", spec, root) == "missing"
     folder = pipeline.run_dir("smoke", spec, root)
     folder.mkdir(parents=True)
@@ -96,12 +96,12 @@ def test_run_state_and_status(tmp_path, fake_release):
         "task_name": "safe-rlhf", "stage": "SFT", "step": 1, "steps": 2, "elapsed_s": 61, "eta_s": 30}))
     assert pipeline.run_state("smoke", spec, root) == "running"
     lines = pipeline.status("smoke", root=root)
-    assert any(re.match(r"matrix\s+er-order1-s0\s+running\s+task 2/3 safe-rlhf: SFT 1/2 steps \| elapsed 1m01s, ETA 30s",
+    assert any(re.match(r"matrix\s+lifealign-order1-s0\s+running\s+task 2/3 safe-rlhf: SFT 1/2 steps \| elapsed 1m01s, ETA 30s",
                         line) for line in lines), lines
     state = json.loads((folder / "progress.json").read_text())
     (folder / "progress.json").write_text(json.dumps(dict(state, state="failed")))
     assert pipeline.run_state("smoke", spec, root) == "missing"
-    assert any("er-order1-s0" in line and "(failed at task 2/3)" in line for line in pipeline.status("smoke", root=root))
+    assert any("lifealign-order1-s0" in line and "(failed at task 2/3)" in line for line in pipeline.status("smoke", root=root))
 
     results = pipeline.results_dir("smoke", spec, root)
     results.mkdir(parents=True)
