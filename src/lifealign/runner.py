@@ -136,7 +136,7 @@ class ContinualLoop:
     def run(self, console=None):
         """`console`: where progress goes besides <out>/run.log and progress.json (lifealign.progress)."""
         self.progress = RunProgress(self.out, self.cfg.name, console, enabled=self.is_main)
-        # The objects alive now (imported modules: ~500k) outlive the run. Frozen, they are skipped by
+        # The objects alive now (~500k, mostly of imported modules) outlive the run. Frozen, they are skipped by
         # the full collection that the HF Trainer makes at each stage (accelerate's free_memory).
         gc.collect()
         gc.freeze()
