@@ -10,9 +10,9 @@ grid can pay for.
 
     python scripts/power_estimate.py                 # results/cpu -> docs/power.md, docs/power.json
 
-The spread is measured on the committed generation metrics from 16 prompts per task: with more
-prompts its evaluation part shrinks, so the seed counts here are an upper bound for a grid with more
-prompts.
+Only runs of the current run-code version count (the report's rule). The pooled spread has as many
+degrees of freedom as there are extra seeds, so while a grid is running its seed counts are rough:
+rerun this as seeds land.
 """
 import argparse
 import json
