@@ -40,11 +40,12 @@ judge-server: $(VENV)/.installed
 # once); one torch thread a worker: two multi-threaded torch processes on two cores slow both many
 # times over. The slowest tests are listed: the suite is kept under 15 minutes.
 TEST_WORKERS ?= auto
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 test: $(VENV)/.installed judge-server
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
+	$(PYTEST) --durations=15 tests
 
 test-fast: $(VENV)/.installed
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 # Rewrite tests/goldens/ after a change of numbers; refuses unless RUN_CODE_VERSION was bumped.
 goldens: $(VENV)/.installed
