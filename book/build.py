@@ -43,7 +43,7 @@ from lifealign.pipeline import GROUPS, active_profile, grid, load_params  # noqa
 # Every file of results/<profile>/ a page shows. The pipeline's stages write them: model (model.json),
 # data-stats (data/, notebooks/data.ipynb), method (method/, notebooks/method.ipynb) and report.
 REQUIRED = [f"report/{name}.md" for name in ("main_table", "judge_free", "ablation", "orders", "sensitivity",
-                                             "compute", "learned")] + [
+                                             "compute", "learned", "power")] + [
     "report/numbers.json", "report/figures/heatmaps.png", "report/figures/forgetting.png",
     "report/figures/orders.png", "report/figures/sensitivity.png",
     "data/sizes.md", "data/lengths.md", "data/prompt_overlap.md", "data/lengths.png", "data/stats.json",

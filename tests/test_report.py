@@ -289,3 +289,44 @@ def test_verdict_evidence_reads_as_a_list_with_standard_errors():
     assert all("(se " in i for i in items[1:])
     text = report.verdicts_markdown(rows)
     assert text.startswith("| claim") and "\n- BWT, LifeAlign - SeqFT: " in text
+
+
+def test_seeds_needed_gives_the_textbook_sample_sizes():
+    # 80% power at 95%, two-sided: d = 1 sd needs 17 per group (two-sample) and 10 (one-sample);
+    # d = 2 sd needs 6 per group; d = 0.8 sd needs 26 per group, beyond what a grid can pay for.
+    assert report.seeds_needed(1.0, 1.0) == 17 and report.seeds_needed(-2.0, 1.0) == 6
+    assert report.seeds_needed(3.0, 3.0, one_sample=True) == 10
+    assert report.seeds_needed(0.8, 1.0) is None and report.fmt_seeds(None) == "more than 20"
+    assert report.seeds_needed(None, 1.0) is None and report.seeds_needed(1.0, None) is None
+    # the power it promises is what compare() delivers: simulated runs of the same test
+    rng = __import__("numpy").random.default_rng(0)
+    n = report.seeds_needed(2.0, 1.0)
+    decided = sum(report.compare(st(*rng.normal(2.0, 1.0, n)), st(*rng.normal(0.0, 1.0, n)), NO_POOL).word == "higher"
+                  for _ in range(2000))
+    assert 0.75 < decided / 2000 < 0.9
+
+
+def test_an_inconclusive_verdict_says_how_many_seeds_would_decide_it():
+    rows = verdict_rows(_grid(spread=5))
+    assert rows[0]["verdict"] == report.INCONCLUSIVE
+    # each undecided comparison names its seeds; the claim takes the most of them
+    items = [e for e in report.evidence_items(rows[0]) if "within noise" in e]
+    needs = [e.split("80% power at ")[1].split(" seeds each")[0] for e in items]
+    assert items and len(needs) == len(items)
+    assert rows[0]["seeds to decide"] == ("more than 20" if "more than 20" in needs else str(max(map(int, needs))))
+    assert verdict_rows(_grid())[0]["seeds to decide"] == "–"  # confirmed: nothing left to decide
+    assert "seeds each to decide" in report.verdicts_markdown(rows).splitlines()[0]
+
+
+def test_power_table_sets_our_differences_beside_the_papers():
+    df, paper = tidy(_grid(spread=3)), report.paper_numbers(PAPER)
+    table = report.power_table(df, paper, "bleu4")
+    judged = [k for c in report.CLAIMS
+              for k, *_, e in (report.lambda_comparisons(df) if c.comparisons is None else c.comparisons) if e]
+    assert len(table) == sum("+" not in k for k in judged)
+    row = table[table.comparison == "LifeAlign - SeqFT, Last"].iloc[0]
+    ours, theirs = (paper[("main", m, "bleu4", "last")] for m in ("LifeAlign", "SeqFT"))
+    assert row["paper's"] == f"{ours - theirs:+.2f}" and row["ours"] == "–"  # the synthetic runs have no BLEU-4
+    sd = report.pooled(df, "reward_accuracy", "last")[0]
+    reward = report.power_table(df, paper, "reward_accuracy").set_index("comparison")
+    assert reward.loc["LifeAlign - SeqFT, Last", "seeds (ours)"] == report.fmt_seeds(report.seeds_needed(12.0, sd))

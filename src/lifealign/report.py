@@ -19,6 +19,10 @@ Statistics, the same everywhere:
   (no method has two seeds) a single seed is inconclusive.
 - "d (se s, word)": a difference, its standard error and the test's outcome; "95% CI half-width h"
   is t_0.975(df) * se.
+- Power: the seeds per side at which this test, with the pooled seed spread on both sides, decides a
+  true difference d with 80% probability (noncentral t, 2n - 2 degrees of freedom; n - 1 against 0).
+  An inconclusive verdict names the most any of its undecided comparisons needs at the difference
+  observed now; the power table (`power_table`) adds the seeds the paper's difference would need.
 """
 import csv
 import math
@@ -58,6 +62,7 @@ EMPTY, NO_RESULTS = ("", "–", "n/a"), "*No current results.*\n"
 Side = namedtuple("Side", "label method order sweep paper", defaults=("order1", ("",), None))
 ZERO = Side("0", None)  # the constant 0 ("below zero")
 Test = namedtuple("Test", "diff se word half floor")
+POWER, MOST_SEEDS = 0.8, 20  # the power a seed count is sized for; the most seeds a grid can pay for
 
 
 def _main(m, order="order1"):
@@ -141,6 +146,24 @@ def compare(a, b, pool=(None, 0)):
     half = float(sps.t.ppf(0.975, var ** 2 / sum(v ** 2 / d for v, d, _ in parts if v > 0))) * math.sqrt(var)
     word = "higher" if diff > half else "lower" if diff < -half else "within noise"
     return Test(diff, math.sqrt(var), word, half, floor)
+
+
+def seeds_needed(diff, sd, one_sample=False, power=POWER):
+    """The fewest seeds per side (2 to MOST_SEEDS) with which `compare` decides a true difference
+    `diff` between sides of sample sd `sd` with probability `power`; None above MOST_SEEDS, or
+    when the difference or the spread is unknown."""
+    if diff is None or not sd:
+        return None
+    for n in range(2, MOST_SEEDS + 1):
+        df, se = (n - 1, sd / math.sqrt(n)) if one_sample else (2 * n - 2, sd * math.sqrt(2 / n))
+        crit, ncp = sps.t.ppf(0.975, df), abs(diff) / se
+        if sps.nct.sf(crit, df, ncp) + sps.nct.cdf(-crit, df, ncp) >= power:
+            return n
+    return None
+
+
+def fmt_seeds(n):
+    return f"more than {MOST_SEEDS}" if n is None else str(n)
 
 
 # ---------------------------------------------------------------- the paper's numbers
@@ -355,10 +378,12 @@ def lambda_comparisons(df):
             + tuple(("bwt+last", _point("lambda", v, LAMBDA), base, "not higher") for v in sorted(set(low + values))))
 
 
-def _evidence(keys, a, b, first, tests):
-    """One comparison as the verdicts print it: "KEY, a - b: d (se s, word)", or a's value against 0."""
+def _evidence(keys, a, b, first, tests, need=False):
+    """One comparison as the verdicts print it: "KEY, a - b: d (se s, word)", or a's value against 0;
+    with `need` (undecided: the seeds it needs, or None for more than MOST_SEEDS), what would decide it."""
     def said(t):
-        return f"{t.word}{'' if t.floor is None else f', sd floored at the pooled {t.floor:.2f}'}"
+        floor = "" if t.floor is None else f", sd floored at the pooled {t.floor:.2f}"
+        return f"{t.word}{floor}" + ("" if need is False else f", 80% power at {fmt_seeds(need)} seeds each")
 
     if b is ZERO:
         t = tests[0]
@@ -374,8 +399,8 @@ def judge(claim, df, metric):
     comparison goes against the claim beyond the noise; else not yet run while a side has no runs;
     else confirmed when every judged comparison goes its way beyond the noise; else inconclusive."""
     if claim.note:
-        return {"claim": claim.text, "evidence": claim.note, "seeds": "–", "verdict": "not tested"}
-    wins, losses, missing, evidence, counts = [], [], [], [], {}
+        return {"claim": claim.text, "evidence": claim.note, "seeds": "–", "verdict": "not tested", "seeds to decide": "–"}
+    wins, losses, missing, evidence, counts, needs = [], [], [], [], {}, []
     for key, a, b, expect in claim.comparisons if claim.comparisons is not None else lambda_comparisons(df):
         keys = key.split("+")
         cells = [(cell(df, metric, k, a), cell(df, metric, k, b)) for k in keys]
@@ -383,16 +408,24 @@ def judge(claim, df, metric):
             if side is not ZERO:
                 counts[side.label] = s["n"]
                 missing += [side.label] if not s["n"] and side.label not in missing else []
-        tests = [compare(x, y, pooled(df, metric, k)) for k, (x, y) in zip(keys, cells)]
-        if tests[0].diff is not None:
-            evidence.append(_evidence(keys, a, b, cells[0][0], tests))
-            word = tests[0].word if len({t.word for t in tests}) == 1 else "mixed"
-            wins += [word in EXPECT[expect][0]] if expect else []
-            losses += [word == EXPECT[expect][1]] if expect else []
+        pools = [pooled(df, metric, k) for k in keys]
+        tests = [compare(x, y, pool) for (x, y), pool in zip(cells, pools)]
+        if tests[0].diff is None:
+            continue
+        word = tests[0].word if len({t.word for t in tests}) == 1 else "mixed"
+        wins += [word in EXPECT[expect][0]] if expect else []
+        losses += [word == EXPECT[expect][1]] if expect else []
+        need = False  # the power of a single summary's test, where the claim still waits on it
+        if expect and len(keys) == 1 and pools[0][0] and not wins[-1] and not losses[-1]:
+            need = seeds_needed(tests[0].diff, pools[0][0], b is ZERO)
+            needs.append(need)
+        evidence.append(_evidence(keys, a, b, cells[0][0], tests, need))
     verdict = (REFUTED if any(losses) else f"not yet run (missing: {', '.join(missing)})" if missing
                else CONFIRMED if wins and all(wins) else INCONCLUSIVE)
+    to_decide = "–" if verdict != INCONCLUSIVE or not needs else fmt_seeds(None if None in needs else max(needs))
     return {"claim": claim.text, "evidence": "; ".join(evidence) or "–",
-            "seeds": ", ".join(f"{k} {n}" for k, n in counts.items()) or "–", "verdict": verdict}
+            "seeds": ", ".join(f"{k} {n}" for k, n in counts.items()) or "–", "verdict": verdict,
+            "seeds to decide": to_decide}
 
 
 def verdicts(df, metric="reward_accuracy"):
@@ -408,11 +441,37 @@ def evidence_items(row):
 def verdicts_markdown(rows):
     """Verdict rows as a reader reads them: a table of claim and verdict, then each claim's
     comparisons as a list with the seeds behind them."""
-    parts = [markdown([{"claim": r["claim"], "verdict": r["verdict"]} for r in rows])]
+    parts = [markdown([{"claim": r["claim"], "verdict": r["verdict"], "seeds each to decide": r["seeds to decide"]}
+                       for r in rows])]
     for r in rows:
         items = "".join(f"- {e}\n" for e in evidence_items(r))
         parts.append(f"**{r['claim']}**: *{r['verdict']}* (seeds: {r['seeds']})\n" + (f"\n{items}" if items else ""))
     return "\n".join(parts)
+
+
+def power_table(df, paper, metric):
+    """How many seeds decide each judged comparison of CLAIMS on one summary: ours and the paper's
+    difference, the pooled seed spread, and the seeds per side that give the test 80% power at each
+    difference (seeds_needed). The paper's differences are on Qwen2.5-7B with the full data: a size
+    to aim at, not a prediction of ours."""
+    def theirs(side, key):
+        return 0.0 if side is ZERO else paper.get(side.paper + (metric, key)) if side.paper else None
+
+    rows = []
+    for claim in CLAIMS:
+        for key, a, b, expect in claim.comparisons if claim.comparisons is not None else lambda_comparisons(df):
+            if expect is None or "+" in key:
+                continue
+            sd, x, y = pooled(df, metric, key)[0], cell(df, metric, key, a), cell(df, metric, key, b)
+            ours = x["mean"] - y["mean"] if x["n"] and y["n"] else None
+            paper_diff = None if None in (theirs(a, key), theirs(b, key)) else theirs(a, key) - theirs(b, key)
+            need = [fmt_seeds(seeds_needed(d, sd, b is ZERO)) if d is not None and sd else "–" for d in (ours, paper_diff)]
+            rows.append({"claim": claim.text, "metric": METRIC_NAMES[metric],
+                         "comparison": f"{a.label} {KEY_LABELS[key]} below zero" if b is ZERO
+                         else f"{a.label} - {b.label}, {KEY_LABELS[key]}",
+                         "ours": fmt(ours, signed=True), "paper's": fmt(paper_diff, signed=True),
+                         "pooled sd": fmt(sd), "seeds (ours)": need[0], "seeds (paper's)": need[1]})
+    return pd.DataFrame(rows)
 
 
 def numbers(runs, df, left_out=None, metric="reward_accuracy"):
