@@ -330,3 +330,22 @@ def test_power_table_sets_our_differences_beside_the_papers():
     sd = report.pooled(df, "reward_accuracy", "last")[0]
     reward = report.power_table(df, paper, "reward_accuracy").set_index("comparison")
     assert reward.loc["LifeAlign - SeqFT, Last", "seeds (ours)"] == report.fmt_seeds(report.seeds_needed(12.0, sd))
+
+
+def test_runs_in_another_precision_are_left_out_and_machines_are_listed(tmp_path):
+    made = [make_run("seqft", 0, -1, 50), make_run("er", 0, -1, 50), make_run("lifealign", 0, 0, 60)]
+    for run, precision, flags in zip(made, ("bf16", "bf16", "fp32"), (["amx_bf16", "avx2"], ["avx2", "avx512_bf16"], ["avx2"])):
+        folder = tmp_path / run.group / run.id
+        folder.mkdir(parents=True)
+        results = dict(run.results, model={"precision": precision}, machine={"cpu": "Some CPU", "cpu_flags": flags},
+                       training=[{"eval_s": 1800, "stages": {}}])
+        (folder / "results.json").write_text(json.dumps(results))
+        (folder / "provenance.json").write_text(json.dumps({"run_code_version": RUN_CODE_VERSION}))
+    why = {}
+    runs = load_runs(tmp_path, why)
+    assert [r.method for r in runs] == ["er", "seqft"]
+    assert why == {("matrix", "lifealign-order1-s0"): "ran in fp32, 2 other runs in bf16"}
+    table = report.compute_table(runs)
+    assert table.iloc[-1].to_dict() == {"group": "all", "runs": 2, "hours": "1.00",
+                                        "machines": "Some CPU (AMX), bf16: 1; Some CPU (AVX512-BF16), bf16: 1"}
+    assert load_runs(tmp_path / "none") == []

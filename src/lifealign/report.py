@@ -276,17 +276,29 @@ def coverage(runs, expected, left_out=None):
     return pd.DataFrame(rows, columns=["group", "runs", "missing", "left out"])
 
 
+def machine_label(results):
+    """Where a run ran, as far as its speed goes: the CPU, its fastest bf16 instructions, the precision."""
+    machine = results.get("machine", {})
+    flags = set(machine.get("cpu_flags", []))
+    kind = next((name for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx2", "AVX2"))
+                 if flag in flags), "no AVX2")
+    return f"{machine.get('cpu') or 'unknown CPU'} ({kind}), {results.get('model', {}).get('precision', '?')}"
+
+
 def compute_table(runs):
     """Hours each group took: its runs' wall-clock setup, training, SLMC and evaluation seconds
-    summed (runs that shared the machine each count in full)."""
+    summed (runs that shared the machine each count in full), and the machines they ran on."""
     hours, count = Counter(), Counter(r.group for r in runs)
+    machines = {g: Counter(machine_label(r.results) for r in runs if r.group == g) for g in count}
+    machines["all"] = Counter(machine_label(r.results) for r in runs)
     for r in runs:
         setup = sum(r.results.get("timings", {}).get(k, 0) for k in ("model_load_s", "tokenize_s", "reference_s"))
         hours[r.group] += (setup + sum(t.get("eval_s", 0) + sum(s.get("train_s", 0) + s.get("plugin_s", 0)
                                                                 for s in t.get("stages", {}).values())
                                        for t in r.results.get("training", []))) / 3600
     rows = [(g, count[g], hours[g]) for g in sorted(count)] + [("all", len(runs), sum(hours.values()))]
-    return pd.DataFrame([{"group": g, "runs": n, "hours": f"{h:.2f}"} for g, n, h in rows])
+    return pd.DataFrame([{"group": g, "runs": n, "hours": f"{h:.2f}",
+                          "machines": "; ".join(f"{m}: {k}" for m, k in sorted(machines[g].items()))} for g, n, h in rows])
 
 
 def by_metric(table):

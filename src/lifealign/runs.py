@@ -2,13 +2,16 @@
 
 A run is one results/<profile>/<group>/<run id>/results.json. It counts only when it is done at the
 current run code: finished (every task trained), made by the current RUN_CODE_VERSION (its
-provenance.json) and, where the pipeline's states are given, with the profile's config of now.
-Every other run is left out of the report's numbers and verdicts, with why.
+provenance.json) and, where the pipeline's states are given, with the profile's config of now; and
+when it ran in the precision most of those runs have, so that no comparison mixes precisions (a
+profile with `precision: auto` run on CPUs with and without native bf16). Every other run is left
+out of the report's numbers and verdicts, with why.
 
 `tidy` turns the runs into one long pandas frame with a row per run, metric and summary: COLUMNS,
 where sweep is "" at the config's settings, else the swept setting and value, e.g. "lambda=0".
 """
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,7 +83,16 @@ def load_runs(results_root, excluded=None, states=None):
         if why is None:
             sweep = {k: cfg["method"][k] for k in SWEEPS if f"-{k}" in key[1]}
             runs.append(Run(*key, cfg["method"]["name"], order_name(cfg["data"]["order"]), cfg["seed"], sweep, res))
-    return runs
+    (most, n), = Counter(precision(r.results) for r in runs).most_common(1) or [(None, 0)]
+    for r in [r for r in runs if precision(r.results) != most]:
+        if excluded is not None:
+            excluded[(r.group, r.id)] = f"ran in {precision(r.results)}, {n} other runs in {most}"
+    return [r for r in runs if precision(r.results) == most]
+
+
+def precision(res):
+    """The precision a run's forward passes ran in (results.json: model.precision)."""
+    return res.get("model", {}).get("precision")
 
 
 def order_name(order):
