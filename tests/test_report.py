@@ -286,7 +286,9 @@ def test_verdict_evidence_reads_as_a_list_with_standard_errors():
     items = report.evidence_items(rows[2])
     # LifeAlign's two seeds coincide: its sd is floored at the pooled spread, and the evidence says so
     assert items[0].startswith("LifeAlign BWT 0.50 ± 0.00") and "sd floored at the pooled 0.89" in items[0]  # sqrt((2 + 2 + 0) / 5)
-    assert all("(se " in i for i in items[1:])
+    assert all("(95% CI " in i and ", se " in i for i in items[1:])
+    t = report.compare(st(0.5, 0.5), st(-3.0, -2.0, -4.0), report.pooled(tidy(runs), "reward_accuracy", "bwt"))
+    assert items[1].startswith(f"BWT, LifeAlign - SeqFT: +3.50 (95% CI {3.5 - t.half:+.2f} to {3.5 + t.half:+.2f}, se {t.se:.2f}, higher")
     text = report.verdicts_markdown(rows)
     assert text.startswith("| claim") and "\n- BWT, LifeAlign - SeqFT: " in text
 

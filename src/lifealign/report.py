@@ -17,8 +17,8 @@ Statistics, the same everywhere:
   coincide: sd 0.00) takes the pooled sd and its degrees of freedom, so that no comparison is a
   zero-variance test; its evidence then says "sd floored at the pooled s". Without a pooled spread
   (no method has two seeds) a single seed is inconclusive.
-- "d (se s, word)": a difference, its standard error and the test's outcome; "95% CI half-width h"
-  is t_0.975(df) * se.
+- "d (95% CI l to u, se s, word)": a difference, its 95% confidence interval d -+ t_0.975(df) * se,
+  its standard error and the test's outcome; "95% CI half-width h" (of a mean) is t_0.975(df) * se.
 - Power: the seeds per side at which this test, with the pooled seed spread on both sides, decides a
   true difference d with 80% probability (noncentral t, 2n - 2 degrees of freedom; n - 1 against 0).
   An inconclusive verdict names the most any of its undecided comparisons needs at the difference
@@ -401,7 +401,10 @@ def _evidence(keys, a, b, first, tests, need=False):
         t = tests[0]
         return (f"{a.label} {KEY_LABELS[keys[0]]} {fmt_stats(first)} (n = {first['n']}, 95% CI half-width "
                 f"{fmt(t.half)}: {said(t._replace(word=ZERO_WORDS.get(t.word, t.word)))})")
-    results = ", ".join(f"{fmt(t.diff, signed=True)} ({'' if t.se is None else f'se {fmt(t.se)}, '}{said(t)})"
+    def interval(t):
+        return "" if t.half is None else f"95% CI {fmt(t.diff - t.half, signed=True)} to {fmt(t.diff + t.half, signed=True)}, "
+
+    results = ", ".join(f"{fmt(t.diff, signed=True)} ({interval(t)}{'' if t.se is None else f'se {fmt(t.se)}, '}{said(t)})"
                         for t in tests)
     return f"{' and '.join(KEY_LABELS[k] for k in keys)}, {a.label} - {b.label}: {results}"
 
