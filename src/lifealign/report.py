@@ -390,6 +390,11 @@ def lambda_comparisons(df):
             + tuple(("bwt+last", _point("lambda", v, LAMBDA), base, "not higher") for v in sorted(set(low + values))))
 
 
+def comparisons(claim, df):
+    """A claim's comparisons; the sweep claim's from the lambda values the runs have."""
+    return lambda_comparisons(df) if claim.comparisons is None else claim.comparisons
+
+
 def _evidence(keys, a, b, first, tests, need=False):
     """One comparison as the verdicts print it: "KEY, a - b: d (se s, word)", or a's value against 0;
     with `need` (undecided: the seeds it needs, or None for more than MOST_SEEDS), what would decide it."""
@@ -416,7 +421,7 @@ def judge(claim, df, metric):
     if claim.note:
         return {"claim": claim.text, "evidence": claim.note, "seeds": "–", "verdict": "not tested", "seeds to decide": "–"}
     wins, losses, missing, evidence, counts, needs = [], [], [], [], {}, []
-    for key, a, b, expect in claim.comparisons if claim.comparisons is not None else lambda_comparisons(df):
+    for key, a, b, expect in comparisons(claim, df):
         keys = key.split("+")
         cells = [(cell(df, metric, k, a), cell(df, metric, k, b)) for k in keys]
         for side, s in zip((a, b), cells[0]):
@@ -474,7 +479,7 @@ def power_table(df, paper, metric):
 
     rows = []
     for claim in CLAIMS:
-        for key, a, b, expect in claim.comparisons if claim.comparisons is not None else lambda_comparisons(df):
+        for key, a, b, expect in comparisons(claim, df):
             if expect is None or "+" in key:
                 continue
             sd, x, y = pooled(df, metric, key)[0], cell(df, metric, key, a), cell(df, metric, key, b)
