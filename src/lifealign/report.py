@@ -290,7 +290,7 @@ def compute_table(runs):
     summed (runs that shared the machine each count in full), and the machines they ran on."""
     hours, count = Counter(), Counter(r.group for r in runs)
     machines = {g: Counter(machine_label(r.results) for r in runs if r.group == g) for g in count}
-    machines["all"] = Counter(machine_label(r.results) for r in runs)
+    machines["all"] = sum(machines.values(), Counter())
     for r in runs:
         setup = sum(r.results.get("timings", {}).get(k, 0) for k in ("model_load_s", "tokenize_s", "reference_s"))
         hours[r.group] += (setup + sum(t.get("eval_s", 0) + sum(s.get("train_s", 0) + s.get("plugin_s", 0)
@@ -298,7 +298,8 @@ def compute_table(runs):
                                        for t in r.results.get("training", []))) / 3600
     rows = [(g, count[g], hours[g]) for g in sorted(count)] + [("all", len(runs), sum(hours.values()))]
     return pd.DataFrame([{"group": g, "runs": n, "hours": f"{h:.2f}",
-                          "machines": "; ".join(f"{m}: {k}" for m, k in sorted(machines[g].items()))} for g, n, h in rows])
+                          "machines": "; ".join(f"{m}: {k}" for m, k in sorted(machines[g].items()))}
+                         for g, n, h in rows])
 
 
 def by_metric(table):
@@ -396,21 +397,23 @@ def comparisons(claim, df):
 
 
 def _evidence(keys, a, b, first, tests, need=False):
-    """One comparison as the verdicts print it: "KEY, a - b: d (se s, word)", or a's value against 0;
-    with `need` (undecided: the seeds it needs, or None for more than MOST_SEEDS), what would decide it."""
+    """One comparison as the verdicts print it: "KEY, a - b: d (95% CI l to u, se s, word)", or a's
+    value against 0; with `need` (undecided: the seeds it needs, None for more than MOST_SEEDS), the
+    seeds that would decide it."""
     def said(t):
         floor = "" if t.floor is None else f", sd floored at the pooled {t.floor:.2f}"
         return f"{t.word}{floor}" + ("" if need is False else f", 80% power at {fmt_seeds(need)} seeds each")
+
+    def interval(t):
+        if t.half is None:
+            return "" if t.se is None else f"se {fmt(t.se)}, "
+        return f"95% CI {fmt(t.diff - t.half, signed=True)} to {fmt(t.diff + t.half, signed=True)}, se {fmt(t.se)}, "
 
     if b is ZERO:
         t = tests[0]
         return (f"{a.label} {KEY_LABELS[keys[0]]} {fmt_stats(first)} (n = {first['n']}, 95% CI half-width "
                 f"{fmt(t.half)}: {said(t._replace(word=ZERO_WORDS.get(t.word, t.word)))})")
-    def interval(t):
-        return "" if t.half is None else f"95% CI {fmt(t.diff - t.half, signed=True)} to {fmt(t.diff + t.half, signed=True)}, "
-
-    results = ", ".join(f"{fmt(t.diff, signed=True)} ({interval(t)}{'' if t.se is None else f'se {fmt(t.se)}, '}{said(t)})"
-                        for t in tests)
+    results = ", ".join(f"{fmt(t.diff, signed=True)} ({interval(t)}{said(t)})" for t in tests)
     return f"{' and '.join(KEY_LABELS[k] for k in keys)}, {a.label} - {b.label}: {results}"
 
 
@@ -419,7 +422,8 @@ def judge(claim, df, metric):
     comparison goes against the claim beyond the noise; else not yet run while a side has no runs;
     else confirmed when every judged comparison goes its way beyond the noise; else inconclusive."""
     if claim.note:
-        return {"claim": claim.text, "evidence": claim.note, "seeds": "–", "verdict": "not tested", "seeds to decide": "–"}
+        return {"claim": claim.text, "evidence": claim.note, "seeds": "–", "verdict": "not tested",
+                "seeds to decide": "–"}
     wins, losses, missing, evidence, counts, needs = [], [], [], [], {}, []
     for key, a, b, expect in comparisons(claim, df):
         keys = key.split("+")
@@ -485,7 +489,8 @@ def power_table(df, paper, metric):
             sd, x, y = pooled(df, metric, key)[0], cell(df, metric, key, a), cell(df, metric, key, b)
             ours = x["mean"] - y["mean"] if x["n"] and y["n"] else None
             paper_diff = None if None in (theirs(a, key), theirs(b, key)) else theirs(a, key) - theirs(b, key)
-            need = [fmt_seeds(seeds_needed(d, sd, b is ZERO)) if d is not None and sd else "–" for d in (ours, paper_diff)]
+            need = [fmt_seeds(seeds_needed(d, sd, b is ZERO)) if d is not None and sd else "–"
+                    for d in (ours, paper_diff)]
             rows.append({"claim": claim.text, "metric": METRIC_NAMES[metric],
                          "comparison": f"{a.label} {KEY_LABELS[key]} below zero" if b is ZERO
                          else f"{a.label} - {b.label}, {KEY_LABELS[key]}",
