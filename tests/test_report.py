@@ -317,6 +317,18 @@ def test_an_inconclusive_verdict_says_how_many_seeds_would_decide_it():
     assert items and len(needs) == len(items)
     assert rows[0]["seeds to decide"] == ("more than 20" if "more than 20" in needs else str(max(map(int, needs))))
     assert verdict_rows(_grid())[0]["seeds to decide"] == "–"  # confirmed: nothing left to decide
+    # confirming takes every comparison; refuting takes one that points against the claim
+    assert report.seeds_to_decide([(5, False), (8, False)]) == 8
+    assert report.seeds_to_decide([(5, False), (None, False)]) is None
+    assert report.seeds_to_decide([(None, True), (7, True), (3, False)]) == 7
+    assert report.seeds_to_decide([(None, True), (3, False)]) is None
+    # SeqFT's BWT above zero and ER's below: the claim "both forget" is refuted soonest by SeqFT's
+    runs = [make_run(m, s, b, 60.0) for m, bs in (("seqft", (1.0, 2.0, 3.0)), ("er", (-0.5, -1.0, 0.0)))
+            for s, b in enumerate(bs)]
+    forget = verdict_rows(runs)[1]
+    sd = report.pooled(tidy(runs), "reward_accuracy", "bwt")[0]
+    assert forget["verdict"] == report.INCONCLUSIVE
+    assert forget["seeds to decide"] == report.fmt_seeds(report.seeds_needed(2.0, sd, one_sample=True))
     assert "seeds each to decide" in report.verdicts_markdown(rows).splitlines()[0]
 
 

@@ -21,8 +21,9 @@ Statistics, the same everywhere:
   its standard error and the test's outcome; "95% CI half-width h" (of a mean) is t_0.975(df) * se.
 - Power: the seeds per side at which this test, with the pooled seed spread on both sides, decides a
   true difference d with 80% probability (noncentral t, 2n - 2 degrees of freedom; n - 1 against 0).
-  An inconclusive verdict names the most any of its undecided comparisons needs at the difference
-  observed now; the power table (`power_table`) adds the seeds the paper's difference would need.
+  An inconclusive verdict names the seeds that would decide it at the differences observed now: the
+  fewest that refute it where a comparison points against the claim, else the most that confirming
+  every comparison needs. The power table (`power_table`) adds the seeds the paper's differences need.
 """
 import csv
 import math
@@ -442,14 +443,23 @@ def judge(claim, df, metric):
         need = False  # the power of a single summary's test, where the claim still waits on it
         if expect and len(keys) == 1 and pools[0][0] and not wins[-1] and not losses[-1]:
             need = seeds_needed(tests[0].diff, pools[0][0], b is ZERO)
-            needs.append(need)
+            needs.append((need, (tests[0].diff > 0) == (expect in ("lower", "not higher"))))  # against the claim
         evidence.append(_evidence(keys, a, b, cells[0][0], tests, need))
     verdict = (REFUTED if any(losses) else f"not yet run (missing: {', '.join(missing)})" if missing
                else CONFIRMED if wins and all(wins) else INCONCLUSIVE)
-    to_decide = "–" if verdict != INCONCLUSIVE or not needs else fmt_seeds(None if None in needs else max(needs))
     return {"claim": claim.text, "evidence": "; ".join(evidence) or "–",
             "seeds": ", ".join(f"{k} {n}" for k, n in counts.items()) or "–", "verdict": verdict,
-            "seeds to decide": to_decide}
+            "seeds to decide": fmt_seeds(seeds_to_decide(needs)) if verdict == INCONCLUSIVE and needs else "–"}
+
+
+def seeds_to_decide(needs):
+    """The seeds that decide an inconclusive claim at the differences seen now, from its undecided
+    comparisons' [(seeds needed or None, whether the difference points against the claim)]: the
+    fewest that refute it where one points against it, else the most that confirming all needs."""
+    against = [n for n, points_against in needs if points_against]
+    if against:
+        return min((n for n in against if n is not None), default=None)
+    return None if any(n is None for n, _ in needs) else max(n for n, _ in needs)
 
 
 def verdicts(df, metric="reward_accuracy"):
