@@ -281,8 +281,8 @@ def badge(verdict, target):
 
 
 def verdict_context(n):
-    """What the answer on page one needs: the claims each verdict word holds for, and the evidence
-    against the refuted ones."""
+    """What the answer on page one needs: the claims each verdict word holds for, the evidence
+    against the refuted ones and the seeds each inconclusive cell needs to be decided."""
     def found(word):
         out = {}
         for m, rows in n["verdicts"].items():
@@ -297,8 +297,10 @@ def verdict_context(n):
 
     against = [f"{e} on {report.METRIC_NAMES[m]}" for i, ms in sorted(found(report.REFUTED).items()) for m in ms
                for e in report.evidence_items(n["verdicts"][m][i]) if ", lower" in e or "above zero" in e][:2]
+    undecided = [r.get("seeds to decide", "–") for rows in n["verdicts"].values() for r in rows
+                 if r["verdict"] == report.INCONCLUSIVE]
     return {"found": found, "listed": listed, "against": against, "confirmed": report.CONFIRMED,
-            "refuted": report.REFUTED}
+            "refuted": report.REFUTED, "undecided": undecided, "most_seeds": report.MOST_SEEDS}
 
 
 def render(profile, cfg, model, stats, n, experiment, recomputed):
