@@ -34,7 +34,7 @@ GEN = BOOK / "_generated"
 NOTEBOOKS = BOOK / "notebooks"
 sys.path.insert(0, str(ROOT / "src"))  # the book builds from a checkout, installed or not
 
-from lifealign import report, runs  # noqa: E402
+from lifealign import report, runs, verdicts  # noqa: E402
 from lifealign.config import ConfigError, load_config  # noqa: E402
 from lifealign.data import DERIVED_TEST_FRACTION, ORDERS, TASKS, short_name as short  # noqa: E402
 from lifealign.metrics import summarize  # noqa: E402
@@ -275,8 +275,8 @@ def run_code_change(version):
 
 def badge(verdict, target):
     """A verdict as a sphinx-design badge linking to its evidence."""
-    colour = {report.CONFIRMED: "success", report.REFUTED: "danger", report.INCONCLUSIVE: "warning"}.get(verdict, "muted")
-    word = "inconclusive" if verdict == report.INCONCLUSIVE else verdict.split(" (")[0]
+    colour = {verdicts.CONFIRMED: "success", verdicts.REFUTED: "danger", verdicts.INCONCLUSIVE: "warning"}.get(verdict, "muted")
+    word = "inconclusive" if verdict == verdicts.INCONCLUSIVE else verdict.split(" (")[0]
     return f"{{bdg-ref-{colour}}}`{word} <{target}>`"
 
 
@@ -292,15 +292,15 @@ def verdict_context(n):
         return out
 
     def listed(claims):
-        return "; ".join(f"{report.CLAIMS[i].text} (claim {i + 1}, on "
+        return "; ".join(f"{verdicts.CLAIMS[i].text} (claim {i + 1}, on "
                          f"{' and '.join(report.METRIC_NAMES[m] for m in ms)})" for i, ms in sorted(claims.items()))
 
-    against = [f"{e} on {report.METRIC_NAMES[m]}" for i, ms in sorted(found(report.REFUTED).items()) for m in ms
-               for e in report.evidence_items(n["verdicts"][m][i]) if ", lower" in e or "above zero" in e][:2]
+    against = [f"{e} on {report.METRIC_NAMES[m]}" for i, ms in sorted(found(verdicts.REFUTED).items()) for m in ms
+               for e in verdicts.evidence_items(n["verdicts"][m][i]) if ", lower" in e or "above zero" in e][:2]
     undecided = [r.get("seeds to decide", "–") for rows in n["verdicts"].values() for r in rows
-                 if r["verdict"] == report.INCONCLUSIVE]
-    return {"found": found, "listed": listed, "against": against, "confirmed": report.CONFIRMED,
-            "refuted": report.REFUTED, "undecided": undecided, "most_seeds": report.MOST_SEEDS}
+                 if r["verdict"] == verdicts.INCONCLUSIVE]
+    return {"found": found, "listed": listed, "against": against, "confirmed": verdicts.CONFIRMED,
+            "refuted": verdicts.REFUTED, "undecided": undecided, "most_seeds": verdicts.MOST_SEEDS}
 
 
 def render(profile, cfg, model, stats, n, experiment, recomputed):
@@ -314,8 +314,8 @@ def render(profile, cfg, model, stats, n, experiment, recomputed):
                      key=lambda mr: (order.get(mr[0], len(order)), mr[1]))
     context = dict(
         verdict_context(n), profile=profile, cfg=cfg, model=model, stats=stats, n=n, params=params_text(model),
-        p=lambda *key: paper.get(key), badge=badge, fmt_stats=report.fmt_stats, evidence=report.evidence_items,
-        claims=[{"index": i, "text": c.text, "page": c.page} for i, c in enumerate(report.CLAIMS)],
+        p=lambda *key: paper.get(key), badge=badge, fmt_stats=report.fmt_stats, evidence=verdicts.evidence_items,
+        claims=[{"index": i, "text": c.text, "page": c.page} for i, c in enumerate(verdicts.CLAIMS)],
         metrics=report.VERDICT_METRICS, short_metric=report.METRIC_SHORT, metric_names=report.METRIC_NAMES,
         labels=report.LABELS, experiment=f"{experiment.parent.parent.name}/{experiment.parent.name}",
         committed={g: len(list((ROOT / "results" / profile / g).glob("*/results.json"))) for g in GROUPS},

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from scipy import stats as sps
 
-from lifealign import figures, report
+from lifealign import figures, report, verdicts
 from lifealign.metrics import summarize
 from lifealign.run_code import RUN_CODE_VERSION
 from lifealign.runs import Run, intransigence, load_runs, tidy
@@ -33,7 +33,7 @@ def st(*values):
 
 
 def verdict_rows(runs, metric="reward_accuracy"):
-    return report.verdicts(tidy(runs), metric)
+    return verdicts.verdicts(tidy(runs), metric)
 
 
 NO_POOL = (None, 0)
@@ -135,7 +135,7 @@ def test_no_current_results_is_said_not_crashed_on(tmp_path):
     assert report.markdown(report.learned_table([])) == report.NO_RESULTS
     why = {("matrix", "seqft-order1-s0"): "made by run code version 1, now 2"}
     assert "No current results" in report.no_results(why) and "1 made by run code version 1" in report.no_results(why)
-    n = report.numbers([], df, why)
+    n = verdicts.numbers([], df, why)
     assert n["runs"] == 0 and n["left_out"] == {"matrix/seqft-order1-s0": why[("matrix", "seqft-order1-s0")]}
     assert all(r["verdict"].startswith("not yet run") or r["verdict"] == "not tested" for r in n["verdicts"]["reward_accuracy"])
     json.dumps(n)
@@ -157,23 +157,23 @@ def _grid(spread=0.5):
 
 def test_verdicts_always_give_one_row_per_claim():
     rows = verdict_rows([])
-    assert [r["claim"] for r in rows] == [c.text for c in report.CLAIMS]
+    assert [r["claim"] for r in rows] == [c.text for c in verdicts.CLAIMS]
     assert all(r["verdict"].startswith("not yet run") or r["verdict"] == "not tested" for r in rows)
 
 
 def test_verdicts_confirm_only_with_every_comparison_and_refute_on_one():
     runs = _grid()
     rows = verdict_rows(runs)
-    assert [r["verdict"] for r in rows[:3]] == [report.CONFIRMED] * 3  # best Last; SeqFT and ER below zero; BWT
+    assert [r["verdict"] for r in rows[:3]] == [verdicts.CONFIRMED] * 3  # best Last; SeqFT and ER below zero; BWT
     assert "LifeAlign 3" in rows[0]["seeds"]
     # a baseline missing: not yet run, naming it
     partial = [r for r in runs if r.method != "gem"]
     assert verdict_rows(partial)[0]["verdict"] == "not yet run (missing: GEM)"
     # one baseline beating LifeAlign beyond the noise refutes, even with others missing
     better = [make_run("olora", s, -3, 70 + s) for s in range(3)]
-    assert verdict_rows([r for r in partial if r.method != "olora"] + better)[0]["verdict"] == report.REFUTED
+    assert verdict_rows([r for r in partial if r.method != "olora"] + better)[0]["verdict"] == verdicts.REFUTED
     # with a large seed spread nothing is decided
-    assert verdict_rows(_grid(spread=15))[0]["verdict"] == report.INCONCLUSIVE
+    assert verdict_rows(_grid(spread=15))[0]["verdict"] == verdicts.INCONCLUSIVE
 
 
 def test_ablation_orders_and_lambda_verdicts():
@@ -181,21 +181,21 @@ def test_ablation_orders_and_lambda_verdicts():
     runs += [make_run("dpo+slmc", s, -2 + 0.1 * s, 58, group="ablation") for s in range(3)]
     runs += [make_run("fpo", s, -4 + 0.1 * s, 56, group="ablation") for s in range(3)]
     rows = verdict_rows(runs)
-    assert rows[3]["verdict"] == report.CONFIRMED  # a -5, b -2, c -4, d 0
+    assert rows[3]["verdict"] == verdicts.CONFIRMED  # a -5, b -2, c -4, d 0
     assert rows[4]["verdict"].startswith("not yet run (missing: ") and "ER order2" in rows[4]["verdict"]
     assert rows[6]["verdict"].startswith("not yet run (missing: lambda 0.8, lambda 0")
     for order in ("order2", "order3"):
         runs += [make_run(m, s, bwt + 0.1 * s, 50, order=order, group="orders")
                  for m, bwt in (("er", -5), ("cppo", -6), ("lifealign", -7 if order == "order3" else 0))
                  for s in range(3)]
-    assert verdict_rows(runs)[4]["verdict"] == report.REFUTED
+    assert verdict_rows(runs)[4]["verdict"] == verdicts.REFUTED
     sweep = [make_run("lifealign", 0, bwt, last, group="sensitivity", sweep={"slmc_lambda": lam})
              for lam, bwt, last in ((0.0, -4, 60), (0.8, -6, 61), (1.0, -7, 60))]
     rows = verdict_rows(runs + sweep)
-    assert rows[6]["verdict"] == report.CONFIRMED  # 0.5: BWT 0 beats 0.8 and 1.0, and nothing beats it on both
+    assert rows[6]["verdict"] == verdicts.CONFIRMED  # 0.5: BWT 0 beats 0.8 and 1.0, and nothing beats it on both
     assert "BWT, lambda 0.8 - lambda 0.5: " in rows[6]["evidence"]
     dominant = [make_run("lifealign", 0, 5, 70, group="sensitivity", sweep={"slmc_lambda": 0.2})]
-    assert verdict_rows(runs + sweep + dominant)[6]["verdict"] == report.REFUTED
+    assert verdict_rows(runs + sweep + dominant)[6]["verdict"] == verdicts.REFUTED
 
 
 def test_coverage_lists_missing_and_left_out_runs():
@@ -234,7 +234,7 @@ def test_learned_table_marks_tasks_above_chance_beyond_two_se():
 def test_numbers_test_seqft_bwt_against_zero_per_metric():
     runs = [make_run("seqft", s, bwt, 60.0) for s, bwt in enumerate((-3.0, -2.0, -4.0))]
     runs += [make_run("lifealign", 0, 0.5, 65.0)]
-    n = report.numbers(runs, tidy(runs))
+    n = verdicts.numbers(runs, tidy(runs))
     seq = n["seqft_bwt_by_metric"]["reward_accuracy"]
     assert (seq["mean"], seq["n"], seq["test"]) == (-3.0, 3, "below zero")
     assert seq["ci95_half"] == pytest.approx(sps.t.ppf(0.975, 2) / math.sqrt(3))
@@ -244,7 +244,7 @@ def test_numbers_test_seqft_bwt_against_zero_per_metric():
     json.dumps(n)  # numbers.json
     # One SeqFT seed takes the spread pooled over other methods' seeds, as the verdicts do.
     one = [make_run("seqft", 0, -5.0, 60.0)] + [make_run("er", s, bwt, 62.0) for s, bwt in enumerate((0.0, 1.0))]
-    seq = report.numbers(one, tidy(one))["seqft_bwt_by_metric"]["reward_accuracy"]
+    seq = verdicts.numbers(one, tidy(one))["seqft_bwt_by_metric"]["reward_accuracy"]
     assert seq["test"] == "within noise of zero" and seq["ci95_half"] == pytest.approx(12.706 * math.sqrt(0.5), rel=1e-4)
 
 
@@ -283,28 +283,28 @@ def test_verdict_evidence_reads_as_a_list_with_standard_errors():
     runs = [make_run(m, s, b, 60.0 + s) for m, bs in (("seqft", (-3.0, -2.0, -4.0)), ("er", (1.0, 0.0, 2.0)),
                                                        ("lifealign", (0.5, 0.5))) for s, b in enumerate(bs)]
     rows = verdict_rows(runs)
-    items = report.evidence_items(rows[2])
+    items = verdicts.evidence_items(rows[2])
     # LifeAlign's two seeds coincide: its sd is floored at the pooled spread, and the evidence says so
     assert items[0].startswith("LifeAlign BWT 0.50 ± 0.00") and "sd floored at the pooled 0.89" in items[0]  # sqrt((2 + 2 + 0) / 5)
     assert all("(95% CI " in i and ", se " in i for i in items[1:])
     t = report.compare(st(0.5, 0.5), st(-3.0, -2.0, -4.0), report.pooled(tidy(runs), "reward_accuracy", "bwt"))
     assert items[1].startswith(f"BWT, LifeAlign - SeqFT: +3.50 (95% CI {3.5 - t.half:+.2f} to {3.5 + t.half:+.2f}, se {t.se:.2f}, higher")
-    text = report.verdicts_markdown(rows)
+    text = verdicts.verdicts_markdown(rows)
     assert text.startswith("| claim") and "\n- BWT, LifeAlign - SeqFT: " in text
 
 
 def test_seeds_needed_gives_the_textbook_sample_sizes():
     # 80% power at 95%, two-sided: d = 1 sd needs 17 per group (two-sample) and 10 (one-sample);
     # d = 2 sd needs 6 per group; d = 0.8 sd needs 26 per group, beyond what a grid can pay for.
-    assert report.seeds_needed(1.0, 1.0) == 17 and report.seeds_needed(-2.0, 1.0) == 6
-    assert report.seeds_needed(3.0, 3.0, one_sample=True) == 10
-    assert report.seeds_needed(0.8, 1.0) is None and report.fmt_seeds(None) == "more than 20"
-    assert report.seeds_needed(None, 1.0) is None and report.seeds_needed(1.0, None) is None
+    assert verdicts.seeds_needed(1.0, 1.0) == 17 and verdicts.seeds_needed(-2.0, 1.0) == 6
+    assert verdicts.seeds_needed(3.0, 3.0, one_sample=True) == 10
+    assert verdicts.seeds_needed(0.8, 1.0) is None and verdicts.fmt_seeds(None) == "more than 20"
+    assert verdicts.seeds_needed(None, 1.0) is None and verdicts.seeds_needed(1.0, None) is None
     # a difference many spreads wide is decided by the fewest seeds (scipy's far tail is NaN there)
-    assert report.seeds_needed(-10.74, 1.37) == 2 and report.seeds_needed(-10.7421875, 1.3718299157360336) == 2
+    assert verdicts.seeds_needed(-10.74, 1.37) == 2 and verdicts.seeds_needed(-10.7421875, 1.3718299157360336) == 2
     # the power it promises is what compare() delivers: simulated runs of the same test
     rng = __import__("numpy").random.default_rng(0)
-    n = report.seeds_needed(2.0, 1.0)
+    n = verdicts.seeds_needed(2.0, 1.0)
     decided = sum(report.compare(st(*rng.normal(2.0, 1.0, n)), st(*rng.normal(0.0, 1.0, n)), NO_POOL).word == "higher"
                   for _ in range(2000))
     assert 0.75 < decided / 2000 < 0.9
@@ -312,39 +312,39 @@ def test_seeds_needed_gives_the_textbook_sample_sizes():
 
 def test_an_inconclusive_verdict_says_how_many_seeds_would_decide_it():
     rows = verdict_rows(_grid(spread=5))
-    assert rows[0]["verdict"] == report.INCONCLUSIVE
+    assert rows[0]["verdict"] == verdicts.INCONCLUSIVE
     # each undecided comparison names its seeds; the claim takes the most of them
-    items = [e for e in report.evidence_items(rows[0]) if "within noise" in e]
+    items = [e for e in verdicts.evidence_items(rows[0]) if "within noise" in e]
     needs = [e.split("80% power at ")[1].split(" seeds each")[0] for e in items]
     assert items and len(needs) == len(items)
     assert rows[0]["seeds to decide"] == ("more than 20" if "more than 20" in needs else str(max(map(int, needs))))
     assert verdict_rows(_grid())[0]["seeds to decide"] == "–"  # confirmed: nothing left to decide
     # confirming takes every comparison; refuting takes one that points against the claim
-    assert report.seeds_to_decide([(5, False), (8, False)]) == 8
-    assert report.seeds_to_decide([(5, False), (None, False)]) is None
-    assert report.seeds_to_decide([(None, True), (7, True), (3, False)]) == 7
-    assert report.seeds_to_decide([(None, True), (3, False)]) is None
+    assert verdicts.seeds_to_decide([(5, False), (8, False)]) == 8
+    assert verdicts.seeds_to_decide([(5, False), (None, False)]) is None
+    assert verdicts.seeds_to_decide([(None, True), (7, True), (3, False)]) == 7
+    assert verdicts.seeds_to_decide([(None, True), (3, False)]) is None
     # SeqFT's BWT above zero and ER's below: the claim "both forget" is refuted soonest by SeqFT's
     runs = [make_run(m, s, b, 60.0) for m, bs in (("seqft", (1.0, 2.0, 3.0)), ("er", (-0.5, -1.0, 0.0)))
             for s, b in enumerate(bs)]
     forget = verdict_rows(runs)[1]
     sd = report.pooled(tidy(runs), "reward_accuracy", "bwt")[0]
-    assert forget["verdict"] == report.INCONCLUSIVE
-    assert forget["seeds to decide"] == report.fmt_seeds(report.seeds_needed(2.0, sd, one_sample=True))
-    assert "seeds each to decide" in report.verdicts_markdown(rows).splitlines()[0]
+    assert forget["verdict"] == verdicts.INCONCLUSIVE
+    assert forget["seeds to decide"] == verdicts.fmt_seeds(verdicts.seeds_needed(2.0, sd, one_sample=True))
+    assert "seeds each to decide" in verdicts.verdicts_markdown(rows).splitlines()[0]
 
 
 def test_power_table_sets_our_differences_beside_the_papers():
     df, paper = tidy(_grid(spread=3)), report.paper_numbers(PAPER)
-    table = report.power_table(df, paper, "bleu4")
-    judged = [k for c in report.CLAIMS for k, *_, e in report.comparisons(c, df) if e]
+    table = verdicts.power_table(df, paper, "bleu4")
+    judged = [k for c in verdicts.CLAIMS for k, *_, e in verdicts.comparisons(c, df) if e]
     assert len(table) == sum("+" not in k for k in judged)
     row = table[table.comparison == "LifeAlign - SeqFT, Last"].iloc[0]
     ours, theirs = (paper[("main", m, "bleu4", "last")] for m in ("LifeAlign", "SeqFT"))
     assert row["paper's"] == f"{ours - theirs:+.2f}" and row["ours"] == "–"  # the synthetic runs have no BLEU-4
     sd = report.pooled(df, "reward_accuracy", "last")[0]
-    reward = report.power_table(df, paper, "reward_accuracy").set_index("comparison")
-    assert reward.loc["LifeAlign - SeqFT, Last", "seeds (ours)"] == report.fmt_seeds(report.seeds_needed(12.0, sd))
+    reward = verdicts.power_table(df, paper, "reward_accuracy").set_index("comparison")
+    assert reward.loc["LifeAlign - SeqFT, Last", "seeds (ours)"] == verdicts.fmt_seeds(verdicts.seeds_needed(12.0, sd))
 
 
 def test_runs_in_another_precision_are_left_out_and_machines_are_listed(tmp_path):
