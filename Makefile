@@ -30,10 +30,12 @@ $(VENV)/.installed: pyproject.toml
 # llama-cpp-python's OpenAI-compatible server, for the real-server judge test (tests/test_judge_server.py)
 # and a local judge. PyPI ships it as source: this compiles llama.cpp once (minutes; pip caches the
 # wheel). CMAKE_BUILD_PARALLEL_LEVEL=N uses N cores.
+# GGML_NATIVE=OFF: a portable AVX2 build. A native build on a CPU that reports AMX uses AMX tiles,
+# and in virtual machines that do not grant the tile state its first matmul faults (ldtilecfg).
 judge-server: $(VENV)/.installed
 	@$(BIN)/python -c "import llama_cpp.server" 2>/dev/null || \
 	  CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
-	  CMAKE_ARGS="$${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF}" \
+	  CMAKE_ARGS="$${CMAKE_ARGS:--DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF}" \
 	  $(BIN)/python -m pip install -q -e ".[judge-server]"
 
 # One pytest worker a core (pytest-xdist), each file's tests on one worker (module fixtures built
