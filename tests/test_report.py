@@ -328,9 +328,9 @@ def test_an_inconclusive_verdict_says_how_many_seeds_would_decide_it():
     runs = [make_run(m, s, b, 60.0) for m, bs in (("seqft", (1.0, 2.0, 3.0)), ("er", (-0.5, -1.0, 0.0)))
             for s, b in enumerate(bs)]
     forget = verdict_rows(runs)[1]
-    sd = report.pooled(tidy(runs), "reward_accuracy", "bwt")[0]
-    assert forget["verdict"] == verdicts.INCONCLUSIVE
-    assert forget["seeds to decide"] == verdicts.fmt_seeds(verdicts.seeds_needed(2.0, sd, one_sample=True))
+    assert report.pooled(tidy(runs), "reward_accuracy", "bwt")[0] == pytest.approx(math.sqrt(0.625))
+    assert forget["verdict"] == verdicts.INCONCLUSIVE  # sized by SeqFT's own sd 1.0, above the pooled 0.79
+    assert forget["seeds to decide"] == verdicts.fmt_seeds(verdicts.seeds_needed(2.0, 1.0, one_sample=True)) == "5"
     assert "seeds each to decide" in verdicts.verdicts_markdown(rows).splitlines()[0]
 
 
@@ -342,9 +342,23 @@ def test_power_table_sets_our_differences_beside_the_papers():
     row = table[table.comparison == "LifeAlign - SeqFT, Last"].iloc[0]
     ours, theirs = (paper[("main", m, "bleu4", "last")] for m in ("LifeAlign", "SeqFT"))
     assert row["paper's"] == f"{ours - theirs:+.2f}" and row["ours"] == "–"  # the synthetic runs have no BLEU-4
-    sd = report.pooled(df, "reward_accuracy", "last")[0]
     reward = verdicts.power_table(df, paper, "reward_accuracy").set_index("comparison")
-    assert reward.loc["LifeAlign - SeqFT, Last", "seeds (ours)"] == verdicts.fmt_seeds(verdicts.seeds_needed(12.0, sd))
+    assert reward.loc["LifeAlign - SeqFT, Last", "sd per side"] == "3.00"  # every method's seeds spread 3 apart
+    assert reward.loc["LifeAlign - SeqFT, Last", "seeds (ours)"] == verdicts.fmt_seeds(verdicts.seeds_needed(12.0, 3.0))
+
+
+def test_the_power_counts_with_the_spread_the_test_sees():
+    # each side's sd floored at the pooled one, the root mean square of the two; against 0, a's alone
+    wide, narrow, one = st(0.0, 4.0), st(1.0, 1.5), st(2.0)
+    assert verdicts.side_sd(wide, narrow, 1.0) == pytest.approx(math.sqrt((8.0 + 1.0) / 2))
+    assert verdicts.side_sd(one, narrow, 1.0) == pytest.approx(1.0)
+    assert verdicts.side_sd(wide, report.cell(None, None, None, report.ZERO), 1.0) == pytest.approx(math.sqrt(8.0))
+    # at the seeds it names, the test with those spreads decides the difference about 80% of the time
+    rng = __import__("numpy").random.default_rng(1)
+    n = verdicts.seeds_needed(3.0, verdicts.side_sd(st(0.0, 3.0), st(0.0, 1.0), 1.0))
+    decided = sum(report.compare(st(*rng.normal(3.0, 3.0 / math.sqrt(2), n)), st(*rng.normal(0.0, 1.0, n)),
+                                 (1.0, 4)).word == "higher" for _ in range(2000))
+    assert 0.72 < decided / 2000 < 0.9
 
 
 def test_runs_in_another_precision_are_left_out_and_machines_are_listed(tmp_path):

@@ -6,8 +6,9 @@ Every claim of CLAIMS is a list of comparisons, each one `report.compare` test, 
 them all (`judge`): refuted when a comparison goes against the claim beyond the noise, not yet run
 while a side has no runs, confirmed when every comparison goes its way, else inconclusive.
 
-Power: the seeds per side at which the test, with the pooled seed spread on both sides, decides a
-true difference d with 80% probability (noncentral t, 2n - 2 degrees of freedom; n - 1 against 0).
+Power: the seeds per side at which the test decides a true difference d with 80% probability
+(noncentral t, 2n - 2 degrees of freedom; n - 1 against 0), each side keeping the seed spread the
+test gives it now: its own sd, floored at the pooled one (`side_sd`).
 An inconclusive verdict names the seeds that would decide it at the differences observed now: the
 fewest that refute it where a comparison points against the claim, else the most that confirming
 every comparison needs. The power table (`power_table`) adds the seeds the paper's differences need.
@@ -40,6 +41,14 @@ def seeds_needed(diff, sd, one_sample=False, power=POWER):
         if sps.nct.sf(sps.t.ppf(0.975, df), df, abs(diff) / se) >= power:
             return n
     return None
+
+
+def side_sd(a, b, pool_sd):
+    """The sd per side that seeds_needed counts with for the test of a - b (stats dicts; b may be
+    cell(.., ZERO)): the root mean square of the sides' sds, each floored at `pool_sd` as
+    report.compare floors it; against ZERO, a's alone. A side without two seeds takes the pooled sd."""
+    sds = [max(s["sd"] or 0.0, pool_sd or 0.0) for s in (a, b) if s["n"] != math.inf]
+    return math.sqrt(sum(v * v for v in sds) / len(sds))
 
 
 def fmt_seeds(n):
@@ -135,7 +144,7 @@ def judge(claim, df, metric):
         losses += [word == EXPECT[expect][1]] if expect else []
         need = False  # the power of a single summary's test, where the claim still waits on it
         if expect and len(keys) == 1 and pools[0][0] and not wins[-1] and not losses[-1]:
-            need = seeds_needed(tests[0].diff, pools[0][0], b is ZERO)
+            need = seeds_needed(tests[0].diff, side_sd(*cells[0], pools[0][0]), b is ZERO)
             needs.append((need, (tests[0].diff > 0) == (expect in ("lower", "not higher"))))  # against the claim
         evidence.append(_evidence(keys, a, b, cells[0][0], tests, need))
     verdict = (REFUTED if any(losses) else f"not yet run (missing: {', '.join(missing)})" if missing
@@ -178,8 +187,8 @@ def verdicts_markdown(rows):
 
 def power_table(df, paper, metric):
     """How many seeds decide each judged comparison of CLAIMS on one summary: ours and the paper's
-    difference, the pooled seed spread, and the seeds per side that give the test 80% power at each
-    difference (seeds_needed). The paper's differences are on Qwen2.5-7B with the full data: a size
+    difference, the sd per side the test sees now (side_sd), and the seeds per side that give the
+    test 80% power at each difference (seeds_needed). The paper's differences are on Qwen2.5-7B with the full data: a size
     to aim at, not a prediction of ours."""
     def theirs(side, key):
         return 0.0 if side is ZERO else paper.get(side.paper + (metric, key)) if side.paper else None
@@ -189,7 +198,8 @@ def power_table(df, paper, metric):
         for key, a, b, expect in comparisons(claim, df):
             if expect is None or "+" in key:
                 continue
-            sd, x, y = pooled(df, metric, key)[0], cell(df, metric, key, a), cell(df, metric, key, b)
+            x, y = cell(df, metric, key, a), cell(df, metric, key, b)
+            sd = side_sd(x, y, pooled(df, metric, key)[0])
             ours = x["mean"] - y["mean"] if x["n"] and y["n"] else None
             paper_diff = None if None in (theirs(a, key), theirs(b, key)) else theirs(a, key) - theirs(b, key)
             need = [fmt_seeds(seeds_needed(d, sd, b is ZERO)) if d is not None and sd else "–"
@@ -198,7 +208,7 @@ def power_table(df, paper, metric):
                          "comparison": f"{a.label} {KEY_LABELS[key]} below zero" if b is ZERO
                          else f"{a.label} - {b.label}, {KEY_LABELS[key]}",
                          "ours": fmt(ours, signed=True), "paper's": fmt(paper_diff, signed=True),
-                         "pooled sd": fmt(sd), "seeds (ours)": need[0], "seeds (paper's)": need[1]})
+                         "sd per side": fmt(sd), "seeds (ours)": need[0], "seeds (paper's)": need[1]})
     return pd.DataFrame(rows)
 
 
