@@ -212,12 +212,13 @@ def test_coverage_lists_missing_and_left_out_runs():
 def test_orders_figure_draws_no_bar_for_a_missing_run(tmp_path):
     import matplotlib
     matplotlib.use("Agg")
-    runs = [make_run(m, 0, -1.0, 50) for m in ("er", "cppo", "lifealign")]
+    runs = [make_run(m, 0, -1.0, 50) for m in ("seqft", "er", "cppo", "lifealign")]
     fig = figures.plot_orders(tidy(runs), report.paper_numbers(PAPER), "reward_accuracy", tmp_path / "orders.png")
     ours_bwt = fig.axes[0]
-    assert len(ours_bwt.patches) == 3  # order1's three methods; order2 / order3 have none
-    assert sum(t.get_text() == "n/a" for t in ours_bwt.texts) == 6
-    assert len(fig.axes[2].patches) == 9  # the paper's BLEU-4 BWT: three methods in three orders
+    assert len(ours_bwt.patches) == 4  # order1's four methods; order2 / order3 have none
+    assert sum(t.get_text() == "n/a" for t in ours_bwt.texts) == 8
+    paper_bwt = fig.axes[2]  # the paper's BLEU-4 BWT: ER, CPPO and LifeAlign in three orders; no SeqFT
+    assert len(paper_bwt.patches) == 9 and sum(t.get_text() == "n/a" for t in paper_bwt.texts) == 3
     assert (tmp_path / "orders.png").stat().st_size > 0
 
 

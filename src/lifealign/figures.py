@@ -116,13 +116,13 @@ def plot_forgetting(runs, methods, metric, path, order="order1"):
 
 
 def plot_orders(df, paper, metric, path, paper_metric="bleu4"):
-    """BWT (top) and Last (bottom) of ER, CPPO and LifeAlign in each order: ours on `metric`, ours on
+    """BWT (top) and Last (bottom) of the ORDER_METHODS in each order: ours on `metric`, ours on
     the paper's BLEU-4 and the paper's BLEU-4; a method with no value in an order reads "n/a"."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
     sns, methods = _style(), [LABELS[m] for m in ORDER_METHODS]
-    palette = dict(zip(methods, sns.color_palette(n_colors=3)))
+    palette, width = dict(zip(methods, sns.color_palette(n_colors=len(methods)))), 0.8 / len(methods)
     ours = df[df.method.isin(ORDER_METHODS) & (df.sweep == "")].assign(method=lambda d: d.method.map(LABELS))
     theirs = pd.DataFrame([{"order": o, "method": m, "metric": paper_metric, "key": k, "value": v}
                            for (t, r, x, k), v in paper.items() if t == "orders" and x == paper_metric
@@ -139,13 +139,13 @@ def plot_orders(df, paper, metric, path, paper_metric="bleu4"):
         for i, o in enumerate(ORDER_NAMES):
             for k, m in enumerate(methods):
                 if (o, m) not in have:
-                    ax.text(i + (k - 1) * 0.8 / 3, 0.03, "n/a", ha="center", va="bottom", fontsize=8, rotation=90,
+                    ax.text(i + (k - (len(methods) - 1) / 2) * width, 0.03, "n/a", ha="center", va="bottom", fontsize=8, rotation=90,
                             color=palette[m], transform=ax.get_xaxis_transform())
         ax.set_xticks(range(3), ORDER_NAMES)
         ax.set(xlim=(-0.5, 2.5), xlabel="", ylabel=KEY_LABELS[key])
         ax.axhline(0, color="black", lw=0.6)
         ax.set_title(f"{who}: {METRIC_SHORT[name]} {KEY_LABELS[key]}", fontsize=10)
-    fig.legend(handles=[Patch(color=c, label=m) for m, c in palette.items()], loc="upper center", ncol=3, frameon=False)
+    fig.legend(handles=[Patch(color=c, label=m) for m, c in palette.items()], loc="upper center", ncol=len(methods), frameon=False)
     return _save(fig, path, 110, rect=(0, 0, 1, 0.95))
 
 

@@ -49,7 +49,9 @@ LABELS = {"seqft": "SeqFT", "l2p": "L2P", "olora": "O-LoRA", "er": "ER", "gem": 
           "dpo+slmc": "DPO+SLMC", "fpo": "FPO"}
 # The 2x2 ablation (all with replay): row letters as in the paper.
 ABLATION = (("a", "er", 0, 0), ("b", "dpo+slmc", 0, 1), ("c", "fpo", 1, 0), ("d", "lifealign", 1, 1))
-ORDER_METHODS = ("er", "cppo", "lifealign")
+# The paper reruns ER, CPPO and LifeAlign on orders 2 and 3; SeqFT beside them tests whether plain
+# fine-tuning forgets in those orders too (the paper has no SeqFT there).
+ORDER_METHODS = ("seqft", "er", "cppo", "lifealign")
 LAMBDA = 0.5  # the paper's default lambda, the point of its sweep claim
 EMPTY, NO_RESULTS = ("", "–", "n/a"), "*No current results.*\n"
 
@@ -198,7 +200,7 @@ def versus(df, specs, metrics, keys, paper=None):
 def tables(df, paper, default_lambda, default_theta):
     """Every table of ours by the name the report saves it under: main_table (Table 1: BLEU-4, ROUGE-L),
     judge_free (implicit-reward and log-likelihood accuracy, which the paper has not), ablation ({DPO,
-    FPO} x {no SLMC, SLMC}, all with replay), orders (ER, CPPO and LifeAlign over the three orders),
+    FPO} x {no SLMC, SLMC}, all with replay), orders (SeqFT, ER, CPPO and LifeAlign over the three orders),
     sensitivity (LifeAlign over lambda and theta; the default point is the main grid's runs)."""
     main = [({"method": LABELS[m]}, _main(m)) for m in MAIN_METHODS]
     ablation = [({"row": row, "loss + SLMC": ("FPO" if fpo else "DPO") + (" + SLMC" if slmc else ""),
