@@ -215,7 +215,7 @@ def power_table(df, paper, metric):
 def numbers(runs, df, left_out=None, metric="reward_accuracy"):
     """What the book's sentences quote (numbers.json): every method's means, sds and seeds, the pooled
     spread, the verdicts on every metric the runs have, SeqFT's BWT against zero per metric (the test
-    of the verdict on "SeqFT and ER forget"), the final row LifeAlign minus SeqFT, the base model's
+    of the verdict on "SeqFT and ER forget"; `orders`: the same on the other task orders), the final row LifeAlign minus SeqFT, the base model's
     log-likelihood accuracy, the tasks learned, the runs that count (their compute hours, the seeds
     of the main grid) and those left out."""
     out = {"runs": len(runs), "counted": [f"{r.group}/{r.id}" for r in runs],
@@ -229,10 +229,15 @@ def numbers(runs, df, left_out=None, metric="reward_accuracy"):
     out["pooled_sd_bwt"], out["pooled_sd_bwt_dof"] = pooled(df, metric, "bwt")
     metrics = [m for m in VERDICT_METRICS if m == metric or (df.metric == m).any()]
     out["verdicts"], out["seqft_bwt_by_metric"] = {m: verdicts(df, m) for m in metrics}, {}
+
+    def seqft_bwt(m, order="order1"):
+        s = cell(df, m, "bwt", _main("seqft", order))
+        t = compare(s, cell(df, m, "bwt", ZERO), pooled(df, m, "bwt"))
+        return dict(s, test=ZERO_WORDS.get(t.word, t.word), ci95_half=t.half)
+
     for m in metrics:
-        if (s := cell(df, m, "bwt", _main("seqft")))["n"]:
-            t = compare(s, cell(df, m, "bwt", ZERO), pooled(df, m, "bwt"))
-            out["seqft_bwt_by_metric"][m] = dict(s, test=ZERO_WORDS.get(t.word, t.word), ci95_half=t.half)
+        if (s := seqft_bwt(m))["n"]:
+            out["seqft_bwt_by_metric"][m] = dict(s, orders={o: x for o in ORDER_NAMES[1:] if (x := seqft_bwt(m, o))["n"]})
     final = {m: pd.DataFrame([dict(zip(r.results["order"], r.results["metrics"][metric]["matrix"][-1]))
                               for r in rs]).mean() for m in ("lifealign", "seqft") if (rs := pick(runs, m))}
     if len(final) == 2:
