@@ -248,7 +248,8 @@ def test_numbers_test_seqft_bwt_against_zero_per_metric():
     seq = verdicts.numbers(one, tidy(one))["seqft_bwt_by_metric"]["reward_accuracy"]
     assert seq["test"] == "within noise of zero" and seq["ci95_half"] == pytest.approx(12.706 * math.sqrt(0.5), rel=1e-4)
     # SeqFT on the other orders: BWT against zero with the same pooled spread (ER's: sd 0.71, 1 dof)
-    other = one + [make_run("seqft", 0, bwt, 60.0, order=o, group="orders") for o, bwt in (("order2", -8.0), ("order3", -10.0))]
+    other = one + [make_run("seqft", 0, bwt, 60.0, order=o, group="orders")
+                   for o, bwt in (("order2", -8.0), ("order3", -10.0))]
     seq = verdicts.numbers(other, tidy(other))["seqft_bwt_by_metric"]["reward_accuracy"]
     assert list(seq["orders"]) == ["order2", "order3"] and seq["orders"]["order2"]["mean"] == -8.0
     assert [x["test"] for x in seq["orders"].values()] == ["within noise of zero", "below zero"]  # 12.706 * 0.71 = 8.98

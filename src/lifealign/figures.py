@@ -139,13 +139,14 @@ def plot_orders(df, paper, metric, path, paper_metric="bleu4"):
         for i, o in enumerate(ORDER_NAMES):
             for k, m in enumerate(methods):
                 if (o, m) not in have:
-                    ax.text(i + (k - (len(methods) - 1) / 2) * width, 0.03, "n/a", ha="center", va="bottom", fontsize=8, rotation=90,
-                            color=palette[m], transform=ax.get_xaxis_transform())
+                    ax.text(i + (k - (len(methods) - 1) / 2) * width, 0.03, "n/a", ha="center", va="bottom",
+                            fontsize=8, rotation=90, color=palette[m], transform=ax.get_xaxis_transform())
         ax.set_xticks(range(3), ORDER_NAMES)
         ax.set(xlim=(-0.5, 2.5), xlabel="", ylabel=KEY_LABELS[key])
         ax.axhline(0, color="black", lw=0.6)
         ax.set_title(f"{who}: {METRIC_SHORT[name]} {KEY_LABELS[key]}", fontsize=10)
-    fig.legend(handles=[Patch(color=c, label=m) for m, c in palette.items()], loc="upper center", ncol=len(methods), frameon=False)
+    fig.legend(handles=[Patch(color=c, label=m) for m, c in palette.items()], loc="upper center",
+               ncol=len(methods), frameon=False)
     return _save(fig, path, 110, rect=(0, 0, 1, 0.95))
 
 

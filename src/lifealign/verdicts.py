@@ -188,8 +188,8 @@ def verdicts_markdown(rows):
 def power_table(df, paper, metric):
     """How many seeds decide each judged comparison of CLAIMS on one summary: ours and the paper's
     difference, the sd per side the test sees now (side_sd), and the seeds per side that give the
-    test 80% power at each difference (seeds_needed). The paper's differences are on Qwen2.5-7B with the full data: a size
-    to aim at, not a prediction of ours."""
+    test 80% power at each difference (seeds_needed). The paper's differences are on Qwen2.5-7B
+    with the full data: a size to aim at, not a prediction of ours."""
     def theirs(side, key):
         return 0.0 if side is ZERO else paper.get(side.paper + (metric, key)) if side.paper else None
 
@@ -215,9 +215,9 @@ def power_table(df, paper, metric):
 def numbers(runs, df, left_out=None, metric="reward_accuracy"):
     """What the book's sentences quote (numbers.json): every method's means, sds and seeds, the pooled
     spread, the verdicts on every metric the runs have, SeqFT's BWT against zero per metric (the test
-    of the verdict on "SeqFT and ER forget"; `orders`: the same on the other task orders), the final row LifeAlign minus SeqFT, the base model's
-    log-likelihood accuracy, the tasks learned, the runs that count (their compute hours, the seeds
-    of the main grid) and those left out."""
+    of the verdict on "SeqFT and ER forget"; `orders`: the same on the other task orders), the final
+    row LifeAlign minus SeqFT, the base model's log-likelihood accuracy, the tasks learned, the runs
+    that count (their compute hours, the seeds of the main grid) and those left out."""
     out = {"runs": len(runs), "counted": [f"{r.group}/{r.id}" for r in runs],
            "left_out": {f"{g}/{i}": why for (g, i), why in (left_out or {}).items()},
            "run_code_version_now": RUN_CODE_VERSION, "hours": float(compute_table(runs).hours.iloc[-1]),
@@ -237,7 +237,8 @@ def numbers(runs, df, left_out=None, metric="reward_accuracy"):
 
     for m in metrics:
         if (s := seqft_bwt(m))["n"]:
-            out["seqft_bwt_by_metric"][m] = dict(s, orders={o: x for o in ORDER_NAMES[1:] if (x := seqft_bwt(m, o))["n"]})
+            others = {o: x for o in ORDER_NAMES[1:] if (x := seqft_bwt(m, o))["n"]}
+            out["seqft_bwt_by_metric"][m] = dict(s, orders=others)
     final = {m: pd.DataFrame([dict(zip(r.results["order"], r.results["metrics"][metric]["matrix"][-1]))
                               for r in rs]).mean() for m in ("lifealign", "seqft") if (rs := pick(runs, m))}
     if len(final) == 2:
