@@ -256,6 +256,23 @@ def test_numbers_test_seqft_bwt_against_zero_per_metric():
     assert "orders" in seq and verdicts.numbers(one, tidy(one))["seqft_bwt_by_metric"]["reward_accuracy"]["orders"] == {}
 
 
+def test_a_final_row_below_half_the_base_model_is_a_generation_collapse():
+    def with_bleu(run, matrix):
+        run.results["metrics"]["bleu4"] = {"base": [10.0, 14.0, 12.0], "matrix": matrix}
+        return run
+    healthy = [[9.0, 13.0, 12.0], [8.0, 13.0, 12.0], [8.0, 12.0, 11.0]]
+    broken = [[9.0, 13.0, 12.0], [9.0, 12.0, 12.0], [1.0, 0.5, 0.0]]
+    runs = [with_bleu(make_run("seqft", s, -1.0, 60.0), healthy) for s in (0, 1)]
+    runs += [with_bleu(make_run("l2p", s, -1.0, 60.0), broken) for s in (0, 1)]
+    runs += [make_run("er", 0, 0.0, 60.0)]  # no generation metrics: not judged
+    collapse = verdicts.numbers(runs, tidy(runs))["generation_collapse"]
+    assert list(collapse) == ["bleu4"] and list(collapse["bleu4"]) == ["L2P"]
+    c = collapse["bleu4"]["L2P"]
+    assert [c["base"], c["before_last"], c["last"]] == pytest.approx([12.0, 11.0, 0.5])
+    assert (c["seeds"], c["last_task"]) == (2, "TruthfulQA")
+    assert verdicts.generation_collapse(runs[:2]) == {}
+
+
 def test_sensitivity_figure_puts_our_rougel_beside_the_papers_lambda_sweep(tmp_path):
     import matplotlib
     matplotlib.use("Agg")

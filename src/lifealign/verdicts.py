@@ -22,6 +22,7 @@ from scipy import stats as sps
 from .report import (CONTINUAL, KEY_LABELS, LABELS, LAMBDA, METRIC_NAMES, SUMMARY_KEYS, VERDICT_METRICS, ZERO,
                      _ablation, _main, _point, cell, compare, compute_table, fmt, fmt_stats, learned_table, markdown,
                      pooled, sweep_values)
+from .metrics import mean_of as mean
 from .run_code import RUN_CODE_VERSION
 from .runs import ORDER_NAMES, pick
 
@@ -216,7 +217,8 @@ def numbers(runs, df, left_out=None, metric="reward_accuracy"):
     """What the book's sentences quote (numbers.json): every method's means, sds and seeds, the pooled
     spread, the verdicts on every metric the runs have, SeqFT's BWT against zero per metric (the test
     of the verdict on "SeqFT and ER forget"; `orders`: the same on the other task orders), the final
-    row LifeAlign minus SeqFT, the base model's log-likelihood accuracy, the tasks learned, the runs
+    row LifeAlign minus SeqFT, the methods whose generations collapse (`generation_collapse`), the base
+    model's log-likelihood accuracy, the tasks learned, the runs
     that count (their compute hours, the seeds of the main grid) and those left out."""
     out = {"runs": len(runs), "counted": [f"{r.group}/{r.id}" for r in runs],
            "left_out": {f"{g}/{i}": why for (g, i), why in (left_out or {}).items()},
@@ -246,7 +248,34 @@ def numbers(runs, df, left_out=None, metric="reward_accuracy"):
     base = [dict(zip(r.results["order"], r.results["metrics"]["loglik_accuracy"]["base"]))
             for r in pick(runs) if "loglik_accuracy" in r.results.get("metrics", {})]
     out["loglik_base"] = {t: v for t, v in (base[0] if base else {}).items() if v is not None}
+    out["generation_collapse"] = generation_collapse(runs)
     learned = learned_table(runs, metric).to_dict("records")
     out["learned"] = {"tasks": [r["task"] for r in learned],
                       "learned": [r["task"] for r in learned if r["learned (above chance beyond 2 se) by"] != "none"]}
+    return out
+
+
+COLLAPSE = 0.5  # a final row below this fraction of the base model's generation score is a collapse
+
+
+def generation_collapse(runs, metrics=("bleu4", "rougel")):
+    """Per generation metric, the order1 methods whose final row (the score on every task after the
+    last one) falls below COLLAPSE x the base model's, averaged over tasks and seeds: their BWT and Last
+    measure generations that broke at one stage, not gradual forgetting. Each entry: the base model's
+    mean, the mean of the row before the last and of the last, and the last task's name."""
+    out = {}
+    for metric in metrics:
+        rows = {}
+        for method in LABELS:
+            rs = [r for r in pick(runs, method) if metric in r.results.get("metrics", {})]
+            matrices = [r.results["metrics"][metric] for r in rs]
+            if not rs or any(len(m["matrix"]) < 2 or not m.get("base") for m in matrices):
+                continue
+            base, before, last = (sum(mean(x) for x in xs) / len(xs) for xs in
+                                  zip(*[(m["base"], m["matrix"][-2], m["matrix"][-1]) for m in matrices]))
+            if last < COLLAPSE * base:
+                rows[LABELS[method]] = {"base": base, "before_last": before, "last": last, "seeds": len(rs),
+                                        "last_task": rs[0].results["order"][-1]}
+        if rows:
+            out[metric] = rows
     return out
