@@ -282,7 +282,8 @@ def badge(verdict, target):
 
 def verdict_context(n):
     """What the answer on page one needs: the claims each verdict word holds for, the evidence
-    against the refuted ones and the seeds each inconclusive cell needs to be decided."""
+    against the refuted ones (each refuted cell's first refuting comparison) and the seeds each
+    inconclusive cell needs to be decided."""
     def found(word):
         out = {}
         for m, rows in n["verdicts"].items():
@@ -295,8 +296,8 @@ def verdict_context(n):
         return "; ".join(f"{verdicts.CLAIMS[i].text} (claim {i + 1}, on "
                          f"{' and '.join(report.METRIC_NAMES[m] for m in ms)})" for i, ms in sorted(claims.items()))
 
-    against = [f"{e} on {report.METRIC_NAMES[m]}" for i, ms in sorted(found(verdicts.REFUTED).items()) for m in ms
-               for e in verdicts.evidence_items(n["verdicts"][m][i]) if ", lower" in e or "above zero" in e][:2]
+    against = [f"{report.METRIC_NAMES[m]}, claim {i + 1}: {items[0]}" for i, ms in sorted(found(verdicts.REFUTED).items())
+               for m in ms if (items := verdicts.evidence_items(n["verdicts"][m][i], "against"))]
     undecided = [r.get("seeds to decide", "–") for rows in n["verdicts"].values() for r in rows
                  if r["verdict"] == verdicts.INCONCLUSIVE]
     return {"found": found, "listed": listed, "against": against, "confirmed": verdicts.CONFIRMED,

@@ -171,7 +171,11 @@ def test_verdicts_confirm_only_with_every_comparison_and_refute_on_one():
     assert verdict_rows(partial)[0]["verdict"] == "not yet run (missing: GEM)"
     # one baseline beating LifeAlign beyond the noise refutes, even with others missing
     better = [make_run("olora", s, -3, 70 + s) for s in range(3)]
-    assert verdict_rows([r for r in partial if r.method != "olora"] + better)[0]["verdict"] == verdicts.REFUTED
+    refuted = verdict_rows([r for r in partial if r.method != "olora"] + better)[0]
+    assert refuted["verdict"] == verdicts.REFUTED
+    assert verdicts.evidence_items(refuted, "against") == [e for e in verdicts.evidence_items(refuted)
+                                                           if e.startswith("Last, LifeAlign - O-LoRA")]
+    assert rows[0]["against"] == "–"
     # with a large seed spread nothing is decided
     assert verdict_rows(_grid(spread=15))[0]["verdict"] == verdicts.INCONCLUSIVE
 
@@ -195,7 +199,8 @@ def test_ablation_orders_and_lambda_verdicts():
     assert rows[6]["verdict"] == verdicts.CONFIRMED  # 0.5: BWT 0 beats 0.8 and 1.0, and nothing beats it on both
     assert "BWT, lambda 0.8 - lambda 0.5: " in rows[6]["evidence"]
     dominant = [make_run("lifealign", 0, 5, 70, group="sensitivity", sweep={"slmc_lambda": 0.2})]
-    assert verdict_rows(runs + sweep + dominant)[6]["verdict"] == verdicts.REFUTED
+    row = verdict_rows(runs + sweep + dominant)[6]
+    assert row["verdict"] == verdicts.REFUTED and row["against"].startswith("BWT and Last, lambda 0.2 - lambda 0.5")
 
 
 def test_coverage_lists_missing_and_left_out_runs():

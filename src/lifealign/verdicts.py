@@ -124,11 +124,12 @@ def _evidence(keys, a, b, first, tests, need=False):
 def judge(claim, df, metric):
     """The verdict row of one claim on one metric, the one rule of every claim: refuted when a judged
     comparison goes against the claim beyond the noise; else not yet run while a side has no runs;
-    else confirmed when every judged comparison goes its way beyond the noise; else inconclusive."""
+    else confirmed when every judged comparison goes its way beyond the noise; else inconclusive.
+    `against`: the evidence of the comparisons that refute it."""
     if claim.note:
         return {"claim": claim.text, "evidence": claim.note, "seeds": "–", "verdict": "not tested",
-                "seeds to decide": "–"}
-    wins, losses, missing, evidence, counts, needs = [], [], [], [], {}, []
+                "seeds to decide": "–", "against": "–"}
+    wins, losses, missing, evidence, counts, needs, against = [], [], [], [], {}, [], []
     for key, a, b, expect in comparisons(claim, df):
         keys = key.split("+")
         cells = [(cell(df, metric, k, a), cell(df, metric, k, b)) for k in keys]
@@ -148,11 +149,13 @@ def judge(claim, df, metric):
             need = seeds_needed(tests[0].diff, side_sd(*cells[0], pools[0][0]), b is ZERO)
             needs.append((need, (tests[0].diff > 0) == (expect in ("lower", "not higher"))))  # against the claim
         evidence.append(_evidence(keys, a, b, cells[0][0], tests, need))
+        against += evidence[-1:] if expect and losses[-1] else []
     verdict = (REFUTED if any(losses) else f"not yet run (missing: {', '.join(missing)})" if missing
                else CONFIRMED if wins and all(wins) else INCONCLUSIVE)
     return {"claim": claim.text, "evidence": "; ".join(evidence) or "–",
             "seeds": ", ".join(f"{k} {n}" for k, n in counts.items()) or "–", "verdict": verdict,
-            "seeds to decide": fmt_seeds(seeds_to_decide(needs)) if verdict == INCONCLUSIVE and needs else "–"}
+            "seeds to decide": fmt_seeds(seeds_to_decide(needs)) if verdict == INCONCLUSIVE and needs else "–",
+            "against": "; ".join(against) or "–"}
 
 
 def seeds_to_decide(needs):
@@ -170,9 +173,10 @@ def verdicts(df, metric="reward_accuracy"):
     return [judge(claim, df, metric) for claim in CLAIMS]
 
 
-def evidence_items(row):
-    """A verdict row's evidence as a list: one comparison an item."""
-    return [] if row["evidence"] in ("", "–") else row["evidence"].split("; ")
+def evidence_items(row, column="evidence"):
+    """A verdict row's evidence (or `against`) as a list: one comparison an item."""
+    text = row.get(column, "–")
+    return [] if text in ("", "–") else text.split("; ")
 
 
 def verdicts_markdown(rows):
