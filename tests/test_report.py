@@ -276,6 +276,8 @@ def test_a_final_row_below_half_the_base_model_is_a_generation_collapse():
     assert [c["base"], c["before_last"], c["last"]] == pytest.approx([12.0, 11.0, 0.5])
     assert (c["seeds"], c["last_task"]) == (2, "TruthfulQA")
     assert verdicts.generation_collapse(runs[:2]) == {}
+    gradual = [[6.0, 7.0, 6.0], [4.0, 5.0, 4.0], [1.0, 0.5, 0.0]]  # already below half before the last task
+    assert verdicts.generation_collapse([with_bleu(make_run("l2p", 0, -1.0, 60.0), gradual)]) == {}
 
 
 def test_sensitivity_figure_puts_our_rougel_beside_the_papers_lambda_sweep(tmp_path):

@@ -222,8 +222,8 @@ def numbers(runs, df, left_out=None, metric="reward_accuracy"):
     spread, the verdicts on every metric the runs have, SeqFT's BWT against zero per metric (the test
     of the verdict on "SeqFT and ER forget"; `orders`: the same on the other task orders), the final
     row LifeAlign minus SeqFT, the methods whose generations collapse (`generation_collapse`), the base
-    model's log-likelihood accuracy, the tasks learned, the runs
-    that count (their compute hours, the seeds of the main grid) and those left out."""
+    model's log-likelihood accuracy, the tasks learned, the runs that count (their compute hours, the
+    seeds of the main grid) and those left out."""
     out = {"runs": len(runs), "counted": [f"{r.group}/{r.id}" for r in runs],
            "left_out": {f"{g}/{i}": why for (g, i), why in (left_out or {}).items()},
            "run_code_version_now": RUN_CODE_VERSION, "hours": float(compute_table(runs).hours.iloc[-1]),
@@ -259,13 +259,14 @@ def numbers(runs, df, left_out=None, metric="reward_accuracy"):
     return out
 
 
-COLLAPSE = 0.5  # a final row below this fraction of the base model's generation score is a collapse
+COLLAPSE = 0.5  # a row below this fraction of the base model's generation score has collapsed
 
 
 def generation_collapse(runs, metrics=("bleu4", "rougel")):
     """Per generation metric, the order1 methods whose final row (the score on every task after the
-    last one) falls below COLLAPSE x the base model's, averaged over tasks and seeds: their BWT and Last
-    measure generations that broke at one stage, not gradual forgetting. Each entry: the base model's
+    last one) falls below COLLAPSE x the base model's while the row before it does not, averaged over
+    tasks and seeds: their BWT and Last measure generations that broke at the last stage, not gradual
+    forgetting. Each entry: the base model's
     mean, the mean of the row before the last and of the last, and the last task's name."""
     out = {}
     for metric in metrics:
@@ -277,7 +278,7 @@ def generation_collapse(runs, metrics=("bleu4", "rougel")):
                 continue
             base, before, last = (sum(mean(x) for x in xs) / len(xs) for xs in
                                   zip(*[(m["base"], m["matrix"][-2], m["matrix"][-1]) for m in matrices]))
-            if last < COLLAPSE * base:
+            if last < COLLAPSE * base <= before:
                 rows[LABELS[method]] = {"base": base, "before_last": before, "last": last, "seeds": len(rs),
                                         "last_task": rs[0].results["order"][-1]}
         if rows:
