@@ -266,8 +266,8 @@ def generation_collapse(runs, metrics=("bleu4", "rougel")):
     """Per generation metric, the order1 methods whose final row (the score on every task after the
     last one) falls below COLLAPSE x the base model's while the row before it does not, averaged over
     tasks and seeds: their BWT and Last measure generations that broke at the last stage, not gradual
-    forgetting. Each entry: the base model's
-    mean, the mean of the row before the last and of the last, and the last task's name."""
+    forgetting. Each entry: the base model's mean, the mean of the row before the last and of the
+    last, and the last task's name."""
     out = {}
     for metric in metrics:
         rows = {}
@@ -276,8 +276,8 @@ def generation_collapse(runs, metrics=("bleu4", "rougel")):
             matrices = [r.results["metrics"][metric] for r in rs]
             if not rs or any(len(m["matrix"]) < 2 or not m.get("base") for m in matrices):
                 continue
-            base, before, last = (sum(mean(x) for x in xs) / len(xs) for xs in
-                                  zip(*[(m["base"], m["matrix"][-2], m["matrix"][-1]) for m in matrices]))
+            base, before, last = (mean([mean(x) for x in xs])
+                                  for xs in zip(*[(m["base"], m["matrix"][-2], m["matrix"][-1]) for m in matrices]))
             if last < COLLAPSE * base <= before:
                 rows[LABELS[method]] = {"base": base, "before_last": before, "last": last, "seeds": len(rs),
                                         "last_task": rs[0].results["order"][-1]}
